@@ -1,0 +1,499 @@
+"""Job configuration: frozen dataclasses loaded from YAML, strict about keys, types and ranges.
+
+Every job takes ``--config file.yaml`` plus any number of ``--set a.b=value`` overrides (the value
+is parsed as YAML, so ``--set negclip.rounds=5`` is an int and ``--set normsim.norms=[2,inf]`` a
+list). A bad key or value raises one :class:`ConfigError` that names the key and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+T = TypeVar("T")
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
+
+
+class ConfigError(ValueError):
+    """A configuration key is missing, unknown, of the wrong type or out of range."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"config key '{key}': {message}")
+        self.key = key
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A table given by catalog name or by storage path (exactly one)."""
+
+    table: str | None = None
+    """Catalog name ``[catalog.]schema.table`` (Unity Catalog / Hive metastore)."""
+    path: str | None = None
+    """Storage path (local, ``dbfs:/``, ``s3a://``, … anything Hadoop FS reads)."""
+    format: Literal["delta", "parquet"] = "delta"
+
+    def validate(self, key: str) -> None:
+        if (self.table is None) == (self.path is None):
+            raise ConfigError(key, "give exactly one of 'table' (catalog name) or 'path' (storage path)")
+        if self.table is not None and not _TABLE_NAME.match(self.table):
+            raise ConfigError(f"{key}.table", f"'{self.table}' is not a [catalog.]schema.table name")
+
+    @property
+    def label(self) -> str:
+        """The name or path, for messages and lineage."""
+        return self.table if self.table is not None else str(self.path)
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    """Spark session settings; ignored where a session is already active (Databricks, tests)."""
+
+    app_name: str = "clipsift"
+    conf: Mapping[str, str] = field(default_factory=dict)
+    """Extra ``spark.*`` settings, e.g. ``spark.sql.shuffle.partitions``."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Score job
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Where the pool's embeddings come from."""
+
+    kind: Literal["datacomp", "table"] = "datacomp"
+    path: str | None = None
+    """datacomp: folder of ``<shard>.parquet`` + ``<shard>.npz``; table: storage path of the table."""
+    table: str | None = None
+    """table: catalog name (instead of ``path``)."""
+    format: Literal["delta", "parquet"] = "delta"
+    """table: storage format when read by path."""
+    arch: Literal["l14", "b32"] = "l14"
+    """datacomp: the teacher's arrays, ``<arch>_img`` / ``<arch>_txt`` in the npz."""
+    uid_col: str = "uid"
+    image_col: str = "image_emb"
+    text_col: str = "text_emb"
+    shard_col: str | None = None
+    """table: column naming the shard of each row (for ``negclip.grouping: shard``)."""
+    dim: int | None = None
+    """Expected embedding dimension; default: 768 for l14, 512 for b32, else taken from the first row."""
+
+    def validate(self, key: str) -> None:
+        if self.kind == "datacomp":
+            if not self.path:
+                raise ConfigError(f"{key}.path", "datacomp input needs the folder holding the shard parquet + npz")
+            if self.table:
+                raise ConfigError(f"{key}.table", "not used for datacomp input; remove it")
+        else:
+            if (self.table is None) == (self.path is None):
+                raise ConfigError(key, "table input needs exactly one of 'table' (catalog name) or 'path'")
+            if self.table is not None and not _TABLE_NAME.match(self.table):
+                raise ConfigError(f"{key}.table", f"'{self.table}' is not a [catalog.]schema.table name")
+        if self.dim is not None and self.dim < 1:
+            raise ConfigError(f"{key}.dim", "must be a positive integer")
+
+    @property
+    def expected_dim(self) -> int | None:
+        if self.dim is not None:
+            return self.dim
+        if self.kind == "datacomp":
+            return 768 if self.arch == "l14" else 512
+        return None
+
+    @property
+    def label(self) -> str:
+        return self.table if self.table is not None else str(self.path)
+
+
+@dataclass(frozen=True)
+class NegClipConfig:
+    """negCLIPLoss (ALGORITHMS.md §1, §6)."""
+
+    enabled: bool = True
+    rounds: int = 10
+    """K: random batchings averaged."""
+    batch_size: int = 32768
+    """B: rows per contrastive batch (the last batch of a group is the remainder)."""
+    tau: float = 0.01
+    """τ: 0.01 for OpenAI CLIP teachers (0.07 is sometimes used for DFN-P)."""
+    seed: int = 0
+    grouping: Literal["shard", "pool"] = "shard"
+    """shard: batches within each input shard (the authors' way); pool: within random groups of the whole pool."""
+    pool_group_rows: int | None = None
+    """pool grouping: rows per random group (default 8 × batch_size; ≥ pool size = one group)."""
+    block_rows: int | None = None
+    """Rows per similarity block in the kernel (default: blocks under 256 MiB)."""
+
+    def validate(self, key: str) -> None:
+        _positive(f"{key}.rounds", self.rounds)
+        _positive(f"{key}.batch_size", self.batch_size)
+        if not (self.tau > 0 and math.isfinite(self.tau)):
+            raise ConfigError(f"{key}.tau", f"must be a positive number (0.01 for OpenAI CLIP), got {self.tau}")
+        if self.pool_group_rows is not None and self.pool_group_rows < self.batch_size:
+            raise ConfigError(f"{key}.pool_group_rows", "must be at least batch_size")
+        if self.block_rows is not None:
+            _positive(f"{key}.block_rows", self.block_rows)
+
+    @property
+    def group_rows(self) -> int:
+        return self.pool_group_rows if self.pool_group_rows is not None else 8 * self.batch_size
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """A NormSim target set: image embeddings of the distribution to be close to."""
+
+    name: str
+    """Identifier used in column names: ``normsim_2_<name>``, ``normsim_inf_<name>``."""
+    path: str
+    """``.npy``, ``.npz`` (with ``key``) or ``.pt`` (tensor, or dict with ``key``) file on a path the driver reads."""
+    key: str | None = None
+
+    def validate(self, key: str) -> None:
+        if not _IDENTIFIER.match(self.name):
+            raise ConfigError(f"{key}.name", f"'{self.name}' must be an identifier (letters, digits, _)")
+        suffix = Path(self.path).suffix.lower()
+        if suffix not in (".npy", ".npz", ".pt", ".pth"):
+            raise ConfigError(f"{key}.path", f"'{self.path}' must end in .npy, .npz, .pt or .pth")
+
+
+@dataclass(frozen=True)
+class NormSimConfig:
+    """NormSim against named targets (ALGORITHMS.md §2)."""
+
+    targets: tuple[TargetConfig, ...] = ()
+    norms: tuple[str, ...] = ("2", "inf")
+    """Which p to compute: "2" and/or "inf"."""
+    signed_inf: bool = False
+    """p = ∞ as the signed maximum cosine instead of the maximum |cosine| (the authors' code)."""
+    closure_max_mb: int = 64
+    """Targets up to this size travel in the UDF closure; larger ones are staged as .npy and memory-mapped per worker."""
+    staging_dir: str | None = None
+    """Folder every executor can read (e.g. ``/dbfs/...``, ``/Volumes/...``) for large staged targets."""
+    block_size: int = 8192
+
+    def validate(self, key: str) -> None:
+        names = [t.name for t in self.targets]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{key}.targets", f"target names must be unique, got {names}")
+        for i, t in enumerate(self.targets):
+            t.validate(f"{key}.targets[{i}]")
+        bad = [p for p in self.norms if p not in ("2", "inf")]
+        if bad or not self.norms:
+            raise ConfigError(f"{key}.norms", f"must list 2 and/or inf, got {list(self.norms)}")
+        _positive(f"{key}.closure_max_mb", self.closure_max_mb)
+        _positive(f"{key}.block_size", self.block_size)
+
+
+@dataclass(frozen=True)
+class NormSim2DConfig:
+    """Target-free NormSim₂-D (VAS-D), ALGORITHMS.md §2.3."""
+
+    enabled: bool = False
+    candidate_fraction: float = 0.3
+    """f_pre: start from the top fraction of the pool by CLIPScore (1.0 = the whole pool)."""
+    final_fraction: float = 0.2
+    """f_final: rows kept at the end, as a fraction of the pool."""
+    iterations: int = 500
+
+    def validate(self, key: str) -> None:
+        _fraction(f"{key}.candidate_fraction", self.candidate_fraction)
+        _fraction(f"{key}.final_fraction", self.final_fraction)
+        if self.final_fraction > self.candidate_fraction:
+            raise ConfigError(f"{key}.final_fraction", "must not exceed candidate_fraction")
+        _positive(f"{key}.iterations", self.iterations)
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """``clipsift score``: embeddings in, one Delta table of scores out."""
+
+    input: InputConfig
+    output: TableRef
+    run_id: str | None = None
+    """Default: a hash of everything that determines the scores, so a rerun replaces its own rows."""
+    negclip: NegClipConfig = NegClipConfig()
+    normsim: NormSimConfig = NormSimConfig()
+    normsim2_dynamic: NormSim2DConfig = NormSim2DConfig()
+    spark: SparkSettings = SparkSettings()
+
+    def validate(self, key: str = "") -> None:
+        self.input.validate(_join(key, "input"))
+        self.output.validate(_join(key, "output"))
+        if self.output.format != "delta":
+            raise ConfigError(_join(key, "output.format"), "scores are always written as Delta; remove the key")
+        if self.run_id is not None and not re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.run_id):
+            raise ConfigError(_join(key, "run_id"), "use 1-64 letters, digits, '_', '.' or '-'")
+        self.negclip.validate(_join(key, "negclip"))
+        self.normsim.validate(_join(key, "normsim"))
+        self.normsim2_dynamic.validate(_join(key, "normsim2_dynamic"))
+        if self.negclip.grouping == "shard" and self.input.kind == "table" and not self.input.shard_col:
+            raise ConfigError(
+                _join(key, "negclip.grouping"),
+                "'shard' grouping of a table needs input.shard_col; set it, or use grouping: pool",
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# Select job
+
+RULES = ("threshold", "top_fraction", "sequential", "sum_of_ranks", "intersect", "union")
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """One named selection, rendered to the SQL view ``<view_prefix><name>``.
+
+    Rules and their keys:
+      * threshold: ``column`` and ``min`` (keep ``column >= min``), optional ``max``.
+      * top_fraction: ``column``, ``fraction``; ``counting: exact`` keeps exactly int(N·f) rows
+        (ties broken by uid, the negCLIPLoss repo), ``datacomp`` keeps score ≥ the (int(N·f)+1)-th value.
+      * sequential: top ``fraction`` of the pool by ``column``, then among those the top
+        ``then_fraction`` (of the whole pool) by ``then_column`` (the paper's negCLIPLoss ∩ NormSim).
+      * sum_of_ranks: top ``fraction`` by the sum of rank ratios of ``columns``.
+      * intersect / union: of the selections named in ``of`` (defined earlier in the list).
+    """
+
+    name: str
+    rule: str
+    column: str | None = None
+    fraction: float | None = None
+    counting: Literal["exact", "datacomp"] = "exact"
+    min: float | None = None
+    max: float | None = None
+    then_column: str | None = None
+    then_fraction: float | None = None
+    columns: tuple[str, ...] = ()
+    of: tuple[str, ...] = ()
+    materialize: TableRef | None = None
+    """Also write the selected uids as a Delta table."""
+    export_npy: str | None = None
+    """Also write DataComp's subset file (.npy of dtype u8,u8, sorted) to this local path."""
+
+    def validate(self, key: str, earlier: Sequence[str]) -> None:
+        if not _IDENTIFIER.match(self.name):
+            raise ConfigError(f"{key}.name", f"'{self.name}' must be an identifier (letters, digits, _)")
+        if self.rule not in RULES:
+            raise ConfigError(f"{key}.rule", f"'{self.rule}' is not one of {', '.join(RULES)}")
+        needs: dict[str, tuple[str, ...]] = {
+            "threshold": ("column",),
+            "top_fraction": ("column", "fraction"),
+            "sequential": ("column", "fraction", "then_column", "then_fraction"),
+            "sum_of_ranks": ("columns", "fraction"),
+            "intersect": ("of",),
+            "union": ("of",),
+        }
+        for k in needs[self.rule]:
+            if getattr(self, k) in (None, ()):
+                raise ConfigError(f"{key}.{k}", f"rule '{self.rule}' needs '{k}'")
+        for k in ("column", "then_column"):
+            v = getattr(self, k)
+            if v is not None and not _IDENTIFIER.match(v):
+                raise ConfigError(f"{key}.{k}", f"'{v}' is not a column name")
+        for c in self.columns:
+            if not _IDENTIFIER.match(c):
+                raise ConfigError(f"{key}.columns", f"'{c}' is not a column name")
+        if self.rule == "threshold" and self.min is None and self.max is None:
+            raise ConfigError(f"{key}.min", "rule 'threshold' needs 'min' and/or 'max'")
+        if self.fraction is not None:
+            _fraction(f"{key}.fraction", self.fraction)
+        if self.then_fraction is not None:
+            _fraction(f"{key}.then_fraction", self.then_fraction)
+            if self.fraction is not None and self.then_fraction > self.fraction:
+                raise ConfigError(f"{key}.then_fraction", "is a fraction of the whole pool; it cannot exceed 'fraction'")
+        if self.rule == "sum_of_ranks" and len(self.columns) < 2:
+            raise ConfigError(f"{key}.columns", "sum_of_ranks needs at least two columns")
+        if self.rule in ("intersect", "union"):
+            if len(self.of) < 2:
+                raise ConfigError(f"{key}.of", f"'{self.rule}' needs at least two selection names")
+            missing = [n for n in self.of if n not in earlier]
+            if missing:
+                raise ConfigError(f"{key}.of", f"{missing} must be selections defined earlier in the list")
+        if self.materialize is not None:
+            self.materialize.validate(f"{key}.materialize")
+        if self.export_npy is not None and not self.export_npy.endswith(".npy"):
+            raise ConfigError(f"{key}.export_npy", "must be a path ending in .npy")
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """``clipsift select``: named selections over a score table, as SQL views."""
+
+    scores: TableRef
+    selections: tuple[SelectionConfig, ...]
+    run_id: str | None = None
+    """Which scoring run to select from; default: the latest run in the score table."""
+    view_prefix: str = ""
+    view_schema: str | None = None
+    """Schema (database) for the views; default: the session's current one."""
+    spark: SparkSettings = SparkSettings()
+
+    def validate(self, key: str = "") -> None:
+        self.scores.validate(_join(key, "scores"))
+        if not self.selections:
+            raise ConfigError(_join(key, "selections"), "list at least one selection")
+        names: list[str] = []
+        for i, s in enumerate(self.selections):
+            s.validate(_join(key, f"selections[{i}]"), names)
+            if s.name in names:
+                raise ConfigError(_join(key, f"selections[{i}].name"), f"'{s.name}' is used twice")
+            names.append(s.name)
+        if self.view_prefix and not re.match(r"^[A-Za-z0-9_]*$", self.view_prefix):
+            raise ConfigError(_join(key, "view_prefix"), "use letters, digits and _ only")
+        if self.view_schema is not None and not _TABLE_NAME.match(self.view_schema):
+            raise ConfigError(_join(key, "view_schema"), f"'{self.view_schema}' is not a [catalog.]schema name")
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Load ``cls`` from a YAML file plus ``a.b=value`` overrides, then validate it.
+
+    Args:
+        cls: the job's config dataclass (e.g. :class:`ScoreConfig`).
+        path: YAML file; ``None`` starts from an empty mapping.
+        overrides: ``key.path=value`` strings; values are parsed as YAML.
+
+    Raises:
+        ConfigError: naming the offending key.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("--config", f"file '{p}' does not exist")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError("--config", f"'{p}' must hold a mapping at the top level")
+        data = loaded
+    for item in overrides:
+        _apply_override(data, item)
+    return from_dict(cls, data)
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], key: str = "") -> T:
+    """Build and validate a config dataclass from plain data (strict about unknown keys)."""
+    obj = _build(cls, data, key)
+    validate = getattr(obj, "validate", None)
+    if validate is not None and not key:
+        validate()
+    return obj
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain (JSON-ready) data of a config dataclass."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (tuple, list)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, Mapping):
+        return {str(k): to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(item, "an override must look like key.path=value")
+    dotted, raw = item.split("=", 1)
+    parts = dotted.strip().split(".")
+    if not all(parts):
+        raise ConfigError(dotted, "an override key must look like a.b.c")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(dotted, f"'{part}' is not a mapping, so it has no sub-keys")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def _build(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, Mapping):
+            raise ConfigError(key or "<top>", f"expected a mapping, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            raise ConfigError(
+                _join(key, str(unknown[0])), f"unknown key; valid keys here: {', '.join(sorted(fields))}"
+            )
+        kwargs = {}
+        for name, f in fields.items():
+            if name in value:
+                kwargs[name] = _build(hints[name], value[name], _join(key, name))
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(_join(key, name), "is required")
+        return tp(**kwargs)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            if len(args) < len(get_args(tp)):
+                return None
+            raise ConfigError(key, "must not be null")
+        return _build(args[0], value, key)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(key, f"'{value}' is not one of {', '.join(map(str, allowed))}")
+        return value
+    if origin is tuple:
+        (item_tp, _ellipsis) = get_args(tp)
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            value = [value]
+        return tuple(_build(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict) or tp in (Mapping, dict):
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, f"expected a mapping, got {type(value).__name__}")
+        return {str(k): str(v) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, float) and math.isinf(value):
+            return "inf"
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(key, f"unsupported config type {tp!r}")  # pragma: no cover - a bug in a dataclass
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _positive(key: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(key, f"must be a positive integer, got {value}")
+
+
+def _fraction(key: str, value: float) -> None:
+    if not 0 < value <= 1:
+        raise ConfigError(key, f"must be a fraction in (0, 1], got {value}")

@@ -1,0 +1,100 @@
+"""Exact top-n cut-offs computed in Spark, without pulling a score column to the driver.
+
+The n-th row in the order (score desc, uid asc) is found by a ``percentile_approx`` bracket around
+the right quantile, one count of the rows above and inside the bracket, and a sort of the (small)
+bracket alone. The cut-off is typed (a float and a uid), so it can be written into SQL exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from jobs.io import quote_ident, sql_string
+
+
+@dataclass(frozen=True)
+class Cutoff:
+    """Keep rows with ``score > value``, or ``score == value`` and ``uid <= uid`` (all ties when uid is None)."""
+
+    value: float
+    uid: str | None
+
+
+def keep_condition(column: str, cut: Cutoff | None) -> Column:
+    """Spark condition selecting the rows at or above ``cut`` (nothing when ``cut`` is None)."""
+    if cut is None:
+        return F.lit(False)
+    col = F.col(column)
+    if cut.uid is None:
+        return col >= F.lit(cut.value)
+    return (col > F.lit(cut.value)) | ((col == F.lit(cut.value)) & (F.col("uid") <= F.lit(cut.uid)))
+
+
+def keep_sql(column: str, cut: Cutoff | None) -> str:
+    """The same condition as SQL text, from typed values only."""
+    if cut is None:
+        return "FALSE"
+    col = quote_ident(column)
+    value = sql_double(cut.value)
+    if cut.uid is None:
+        return f"{col} >= {value}"
+    return f"({col} > {value} OR ({col} = {value} AND `uid` <= {sql_string(cut.uid)}))"
+
+
+def sql_double(value: float) -> str:
+    """An exact double literal (``repr`` round-trips; the cast keeps it a double, not a decimal)."""
+    return f"CAST('{float(value)!r}' AS DOUBLE)"
+
+
+def top_n_cutoff(df: DataFrame, column: str, n: int, *, ties: bool = False, accuracy: int = 10_000,
+                 max_band: int = 200_000) -> Cutoff | None:
+    """Cut-off keeping the top ``n`` rows of ``df`` by ``column`` (rows where it is null never count).
+
+    Args:
+        df: rows with ``uid`` and ``column``.
+        column: the score.
+        n: rows to keep; exactly n (ties broken by ascending uid), or with ``ties`` every row scoring
+            at least the n-th value (DataComp's rule).
+        accuracy: ``percentile_approx`` accuracy of the first bracket.
+        max_band: largest bracket sorted at once; wider brackets are narrowed first.
+
+    Returns:
+        None when n <= 0 (keep nothing).
+    """
+    if n <= 0:
+        return None
+    scores = df.where(F.col(column).isNotNull()).select(F.col(column).cast("double").alias("s"), "uid")
+    total = scores.count()
+    if total == 0:
+        return None
+    n = min(n, total)
+    q = 1.0 - n / total
+    eps = 2.0 / accuracy
+    for attempt in range(8):
+        lo_q, hi_q = max(0.0, q - eps), min(1.0, q + eps)
+        lo, hi = scores.agg(F.percentile_approx("s", [lo_q, hi_q], accuracy)).first()[0]  # type: ignore[index]
+        if lo_q == 0.0:
+            lo = scores.agg(F.min("s")).first()[0]  # type: ignore[index]
+        if hi_q == 1.0:
+            hi = scores.agg(F.max("s")).first()[0]  # type: ignore[index]
+        in_band = (F.col("s") >= lo) & (F.col("s") <= hi)
+        counts = scores.agg(
+            F.sum(F.when(F.col("s") > hi, 1).otherwise(0)).alias("above"),
+            F.sum(F.when(in_band, 1).otherwise(0)).alias("band"),
+        ).first()
+        assert counts is not None
+        above, band = int(counts["above"] or 0), int(counts["band"] or 0)
+        need = n - above
+        found = 1 <= need <= band
+        if found and (band <= max_band or attempt >= 4 or eps < 1.0 / accuracy):
+            # A bracket wider than max_band here is one long tie: it is sorted all the same.
+            last = (
+                scores.where(in_band).orderBy(F.col("s").desc(), F.col("uid").asc()).offset(need - 1).limit(1).first()
+            )
+            assert last is not None
+            return Cutoff(float(last["s"]), None if ties else str(last["uid"]))
+        eps = eps / 4 if found else min(1.0, eps * 8)
+    raise RuntimeError(f"could not bracket the top {n} rows of {column}")  # pragma: no cover - needs 8 misses

@@ -1,0 +1,375 @@
+"""All storage access of clipsift: pool readers, target loading, Delta writes, table references in SQL.
+
+Reads: DataComp shards (``<shard>.parquet`` + ``<shard>.npz``, row-aligned), embedding tables (Delta
+or Parquet, by path or catalog name), target arrays (``.npy``/``.npz``/``.pt``).
+Writes: the score table and its runs table (Delta, one partition per run id, re-runnable through
+``replaceWhere``), selection tables and DataComp subset files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io as _stdio
+import os
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs.config import InputConfig, TableRef
+from jobs.schemas import POOL_ARROW, POOL_DDL, STATUS
+
+# --------------------------------------------------------------------------------------------------
+# Paths and SQL names
+
+
+def arrow_path(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and path for a local path or a Hadoop-style URI.
+
+    ``s3a://`` is read as ``s3://``; ``dbfs:/x`` as the FUSE path ``/dbfs/x`` (Databricks).
+    """
+    if uri.startswith("dbfs:/"):
+        uri = "/dbfs/" + uri[len("dbfs:/") :].lstrip("/")
+    if uri.startswith(("s3a://", "s3n://")):
+        uri = "s3://" + uri.split("://", 1)[1]
+    if uri.startswith("file:"):
+        uri = uri[len("file:") :]
+        uri = "/" + uri.lstrip("/")
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return fs, path
+
+
+def quote_ident(name: str) -> str:
+    """Backtick-quote one SQL identifier."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def sql_table(ref: TableRef) -> str:
+    """How SQL names the table: quoted catalog name, or ``delta.`path```."""
+    if ref.table is not None:
+        return ".".join(quote_ident(p) for p in ref.table.split("."))
+    return f"{ref.format}.{quote_ident(str(ref.path))}"
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def sibling(ref: TableRef, suffix: str) -> TableRef:
+    """The companion table of ``ref`` (``<name>_<suffix>`` beside it), e.g. the runs table."""
+    if ref.table is not None:
+        return TableRef(table=f"{ref.table}_{suffix}")
+    return TableRef(path=f"{str(ref.path).rstrip('/')}_{suffix}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Pool readers
+
+
+def list_datacomp_shards(path: str) -> list[str]:
+    """Paths of the ``*.parquet`` shards in a DataComp metadata folder, sorted."""
+    fs, root = arrow_path(path)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"input.path '{path}' does not exist")
+    selector = pafs.FileSelector(root, recursive=False)
+    files = sorted(i.path for i in fs.get_file_info(selector) if i.path.endswith(".parquet"))
+    if not files:
+        raise FileNotFoundError(f"input.path '{path}' holds no .parquet shards")
+    prefix = path.rstrip("/") if "://" in path else None
+    return [f"{prefix}/{Path(f).name}" if prefix else f for f in files]
+
+
+def read_datacomp(spark: SparkSession, path: str, arch: str, rows_per_batch: int = 4096) -> DataFrame:
+    """Read DataComp shards as rows of the pool schema, one task per shard, on the executors.
+
+    Every parquet row comes out exactly once. Rows whose embeddings cannot be had (npz missing,
+    unreadable, without the arch's arrays, or shorter than the parquet) carry ``load_status`` and
+    ``load_error``; an unreadable parquet gives one row with a null uid saying so.
+    """
+    shards = list_datacomp_shards(path)
+    paths = spark.createDataFrame([(p,) for p in shards], "shard_path string").repartition(len(shards))
+    img_key, txt_key = f"{arch}_img", f"{arch}_txt"
+
+    def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for shard_path in batch.column(0).to_pylist():
+                yield from _read_shard(shard_path, img_key, txt_key, rows_per_batch)
+
+    return paths.mapInArrow(read, POOL_DDL)
+
+
+def _read_shard(shard_path: str, img_key: str, txt_key: str, rows_per_batch: int) -> Iterator[pa.RecordBatch]:
+    source = Path(shard_path).stem
+    fs, local = arrow_path(shard_path)
+    try:
+        with fs.open_input_file(local) as f:
+            uids = pq.read_table(f, columns=["uid"]).column("uid").combine_chunks()
+        uids = uids.cast(pa.string())
+    except Exception as exc:  # noqa: BLE001 - any unreadable shard becomes a status row, never a dead task
+        yield _status_batch([None], source, [None], STATUS.UNREADABLE_SHARD, f"cannot read {shard_path}: {exc}")
+        return
+    n = len(uids)
+    npz_path = local[: -len(".parquet")] + ".npz"
+    img: np.ndarray | None = None
+    txt: np.ndarray | None = None
+    problem = ""
+    try:
+        with fs.open_input_file(npz_path) as f, np.load(_stdio.BytesIO(f.read()), allow_pickle=False) as npz:
+            missing = [k for k in (img_key, txt_key) if k not in npz.files]
+            if missing:
+                problem = f"{Path(npz_path).name} has no array {missing[0]} (has {', '.join(npz.files)})"
+            else:
+                img, txt = npz[img_key], npz[txt_key]
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        problem = f"cannot read {Path(npz_path).name}: {exc}"
+    if img is not None and txt is not None:
+        if img.ndim != 2 or txt.ndim != 2:
+            problem = f"{img_key}/{txt_key} must be 2-D, got shapes {img.shape} and {txt.shape}"
+            img = txt = None
+    have = 0 if img is None or txt is None else min(img.shape[0], txt.shape[0])
+    if img is not None and txt is not None and (img.shape[0] != n or txt.shape[0] != n):
+        problem = f"npz has {img.shape[0]}/{txt.shape[0]} rows ({img_key}/{txt_key}), parquet has {n}"
+    for lo in range(0, n, rows_per_batch):
+        hi = min(n, lo + rows_per_batch)
+        ok_hi = min(hi, have)
+        rows = np.arange(lo, hi, dtype=np.int64)
+        status: list[str | None] = [None] * (ok_hi - lo) + [STATUS.MISSING_EMBEDDING] * (hi - ok_hi)
+        error: list[str | None] = [None] * (ok_hi - lo) + [problem or "no embedding"] * (hi - ok_hi)
+        yield pa.RecordBatch.from_arrays(
+            [
+                uids.slice(lo, hi - lo),
+                pa.array([source] * (hi - lo), pa.string()),
+                pa.array(rows),
+                _embedding_array(img, lo, ok_hi, hi),
+                _embedding_array(txt, lo, ok_hi, hi),
+                pa.array(status, pa.string()),
+                pa.array(error, pa.string()),
+            ],
+            schema=POOL_ARROW,
+        )
+
+
+def _embedding_array(m: np.ndarray | None, lo: int, ok_hi: int, hi: int) -> pa.Array:
+    """Rows lo..ok_hi of ``m`` as list<float>, then nulls up to hi."""
+    n_ok = max(0, ok_hi - lo)
+    n_null = hi - lo - n_ok
+    if m is None or n_ok == 0:
+        return pa.nulls(hi - lo, pa.list_(pa.float32()))
+    block = np.ascontiguousarray(m[lo:ok_hi], dtype=np.float32)
+    dim = block.shape[1]
+    offsets = np.concatenate([np.arange(n_ok + 1) * dim, np.full(n_null, n_ok * dim)]).astype(np.int32)
+    mask = np.concatenate([np.zeros(n_ok, bool), np.ones(n_null, bool)])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(block.reshape(-1)), mask=pa.array(mask))
+
+
+def _status_batch(uids: Sequence[str | None], source: str, rows: Sequence[int | None], status: str, error: str) -> pa.RecordBatch:
+    n = len(uids)
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(uids, pa.string()),
+            pa.array([source] * n, pa.string()),
+            pa.array(rows, pa.int64()),
+            pa.nulls(n, pa.list_(pa.float32())),
+            pa.nulls(n, pa.list_(pa.float32())),
+            pa.array([status] * n, pa.string()),
+            pa.array([error] * n, pa.string()),
+        ],
+        schema=POOL_ARROW,
+    )
+
+
+def read_table(spark: SparkSession, cfg: InputConfig) -> DataFrame:
+    """Read an embedding table (by catalog name or path) as rows of the pool schema."""
+    if cfg.table is not None:
+        df = spark.read.table(cfg.table)
+    else:
+        df = spark.read.format(cfg.format).load(cfg.path)
+    missing = [c for c in (cfg.uid_col, cfg.image_col, cfg.text_col, cfg.shard_col) if c and c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"input '{cfg.label}' has no column {missing[0]!r} (columns: {', '.join(df.columns)}); "
+            "set input.uid_col / image_col / text_col / shard_col"
+        )
+    source = F.col(cfg.shard_col).cast("string") if cfg.shard_col else F.lit(cfg.label)
+    return df.select(
+        F.col(cfg.uid_col).cast("string").alias("uid"),
+        source.alias("source"),
+        F.lit(None).cast("long").alias("source_row"),
+        F.col(cfg.image_col).cast("array<float>").alias("image_emb"),
+        F.col(cfg.text_col).cast("array<float>").alias("text_emb"),
+        F.lit(None).cast("string").alias("load_status"),
+        F.lit(None).cast("string").alias("load_error"),
+    )
+
+
+def read_pool(spark: SparkSession, cfg: InputConfig) -> DataFrame:
+    """The pool as rows of :data:`jobs.schemas.POOL_SCHEMA`, from DataComp shards or a table."""
+    if cfg.kind == "datacomp":
+        return read_datacomp(spark, str(cfg.path), cfg.arch)
+    return read_table(spark, cfg)
+
+
+# --------------------------------------------------------------------------------------------------
+# Targets
+
+
+@dataclass(frozen=True)
+class Target:
+    """A loaded NormSim target: L2-normalised float32 rows plus provenance."""
+
+    name: str
+    matrix: np.ndarray
+    sha256: str
+    source: str
+    rows_dropped: int
+    """Target rows dropped for being non-finite or of zero norm."""
+
+
+def file_sha256(path: str) -> str:
+    """Hex sha256 of a file's bytes."""
+    fs, local = arrow_path(path)
+    digest = hashlib.sha256()
+    with fs.open_input_stream(local) as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_target(name: str, path: str, key: str | None = None) -> Target:
+    """Load a target matrix from ``.npy``, ``.npz`` (array ``key``, or the only array) or ``.pt``.
+
+    Rows are L2-normalised; non-finite or zero rows are dropped and counted.
+
+    Raises:
+        FileNotFoundError: naming the target and the config key to fix.
+        ValueError: when the file holds no 2-D array under ``key``.
+    """
+    fs, local = arrow_path(path)
+    if fs.get_file_info(local).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"normsim target '{name}': file '{path}' does not exist (config key normsim.targets)")
+    suffix = Path(local).suffix.lower()
+    with fs.open_input_stream(local) as f:
+        raw = _stdio.BytesIO(f.read())
+    arr: Any
+    if suffix == ".npy":
+        arr = np.load(raw, allow_pickle=False)
+    elif suffix == ".npz":
+        with np.load(raw, allow_pickle=False) as npz:
+            arr = npz[_pick_key(name, path, key, list(npz.files))]
+    else:
+        arr = _load_torch(name, path, raw, key)
+    arr = np.asarray(arr)
+    if arr.ndim != 2:
+        raise ValueError(f"normsim target '{name}': '{path}' must hold a 2-D (rows, dim) array, got shape {arr.shape}")
+    mat = arr.astype(np.float32, copy=False)
+    norms = np.sqrt(np.einsum("ij,ij->i", mat, mat, dtype=np.float64))
+    good = np.isfinite(norms) & (norms > 0) & np.isfinite(mat).all(axis=1)
+    mat = (mat[good] / norms[good, None]).astype(np.float32)
+    if mat.shape[0] == 0:
+        raise ValueError(f"normsim target '{name}': '{path}' holds no usable (finite, non-zero) rows")
+    return Target(name=name, matrix=mat, sha256=file_sha256(path), source=path, rows_dropped=int((~good).sum()))
+
+
+def _pick_key(name: str, path: str, key: str | None, keys: list[str]) -> str:
+    if key is not None:
+        if key not in keys:
+            raise ValueError(f"normsim target '{name}': '{path}' has no array '{key}' (has {', '.join(keys)})")
+        return key
+    if len(keys) != 1:
+        raise ValueError(f"normsim target '{name}': '{path}' holds {keys}; set normsim.targets[].key")
+    return keys[0]
+
+
+def _load_torch(name: str, path: str, raw: _stdio.BytesIO, key: str | None) -> np.ndarray:
+    try:
+        import torch
+    except ImportError as exc:
+        raise ImportError(
+            f"normsim target '{name}': reading '{path}' needs torch; pip install 'clipsift[gpu]' or save it as .npy"
+        ) from exc
+    obj = torch.load(raw, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict):
+        obj = obj[_pick_key(name, path, key, [str(k) for k in obj])]
+    if not isinstance(obj, torch.Tensor):
+        raise ValueError(f"normsim target '{name}': '{path}' does not hold a tensor")
+    return np.asarray(obj.detach().float().cpu().numpy())
+
+
+def stage_target(target: Target, staging_dir: str) -> str:
+    """Write a target as ``<staging_dir>/<name>-<sha>.npy`` (once) for executors to memory-map."""
+    os.makedirs(staging_dir, exist_ok=True)
+    out = os.path.join(staging_dir, f"{target.name}-{target.sha256[:16]}.npy")
+    if not os.path.exists(out):
+        tmp = out + f".tmp{os.getpid()}"
+        np.save(tmp, target.matrix)
+        os.replace(tmp + ".npy" if not tmp.endswith(".npy") and os.path.exists(tmp + ".npy") else tmp, out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Delta writes
+
+
+def read_delta(spark: SparkSession, ref: TableRef) -> DataFrame:
+    """Read a table by catalog name or path."""
+    if ref.table is not None:
+        return spark.read.table(ref.table)
+    return spark.read.format(ref.format).load(ref.path)
+
+
+def table_exists(spark: SparkSession, ref: TableRef) -> bool:
+    """Whether the table (name or Delta path) exists."""
+    if ref.table is not None:
+        return bool(spark.catalog.tableExists(ref.table))
+    fs, local = arrow_path(str(ref.path).rstrip("/") + "/_delta_log")
+    return bool(fs.get_file_info(local).type == pafs.FileType.Directory)
+
+
+def replace_partition(df: DataFrame, ref: TableRef, column: str, value: str) -> None:
+    """Write ``df`` as the rows of ``ref`` where ``column = value``, replacing any earlier ones.
+
+    One atomic Delta commit: a rerun replaces its own rows and never duplicates them; other
+    values of ``column`` are untouched; new columns are merged into the schema.
+    """
+    writer = (
+        df.write.format("delta")
+        .mode("overwrite")
+        .option("replaceWhere", f"{quote_ident(column)} = {sql_string(value)}")
+        .option("mergeSchema", "true")
+        .partitionBy(column)
+    )
+    if ref.table is not None:
+        writer.saveAsTable(ref.table)
+    else:
+        writer.save(str(ref.path))
+
+
+def overwrite_table(df: DataFrame, ref: TableRef) -> None:
+    """Replace a whole Delta table (selection materialisations)."""
+    writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    if ref.table is not None:
+        writer.saveAsTable(ref.table)
+    else:
+        writer.save(str(ref.path))
+
+
+def write_subset_npy(uid_pairs: np.ndarray, path: str) -> None:
+    """Write DataComp's subset file: a sorted structured array of dtype ``u8,u8``."""
+    arr = np.sort(uid_pairs.astype(np.dtype("u8,u8")))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, out)

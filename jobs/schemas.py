@@ -1,0 +1,46 @@
+"""Schemas and status values shared by the jobs."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+
+class STATUS:
+    """Values of the ``status`` column; every row of a score table has exactly one."""
+
+    OK = "ok"
+    UNREADABLE_SHARD = "unreadable_shard"
+    MISSING_EMBEDDING = "missing_embedding"
+    NULL_UID = "null_uid"
+    DUPLICATE_UID = "duplicate_uid"
+    NULL_EMBEDDING = "null_embedding"
+    BAD_DIMENSION = "bad_dimension"
+    NON_FINITE = "non_finite_embedding"
+    ZERO_NORM = "zero_norm"
+
+
+#: Rows of a pool as the readers produce them (Spark DDL and the matching Arrow schema).
+POOL_DDL = (
+    "uid string, source string, source_row long, image_emb array<float>, text_emb array<float>, "
+    "load_status string, load_error string"
+)
+POOL_ARROW = pa.schema(
+    [
+        ("uid", pa.string()),
+        ("source", pa.string()),
+        ("source_row", pa.int64()),
+        ("image_emb", pa.list_(pa.float32())),
+        ("text_emb", pa.list_(pa.float32())),
+        ("load_status", pa.string()),
+        ("load_error", pa.string()),
+    ]
+)
+
+#: negCLIPLoss output of one group task.
+NEGCLIP_DDL = "uid string, negclip_loss double, negclip_r_i2t double, negclip_r_t2i double"
+
+#: Lineage carried by every scored row.
+LINEAGE_DDL = (
+    "struct<teacher: string, normalized: boolean, tau: double, batch_size: int, rounds: int, seed: bigint, "
+    "grouping: string, targets: array<struct<name: string, sha256: string, rows: bigint>>, code_version: string>"
+)

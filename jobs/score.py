@@ -1,0 +1,248 @@
+"""``clipsift score``: embeddings in, one Delta table of per-row scores out.
+
+Reads:  the pool (DataComp shards ``<shard>.parquet`` + ``<shard>.npz``, or a Delta/Parquet table of
+        uid + embedding arrays) and the NormSim target files.
+Writes: the score table (``output``; Delta, partitioned by ``run_id``; this run's partition is
+        replaced atomically) and the runs table ``<output>_runs`` (one row per run: config, lineage,
+        row counts by status, timings).
+
+Every input row appears exactly once, with ``status`` ``ok`` and its scores, or another status and
+the reason in ``error``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+import jobs
+from jobs import io
+from jobs.config import ConfigError, NormSimConfig, ScoreConfig, load, to_dict
+from jobs.normsim2d import normsim2_dynamic_survival
+from jobs.schemas import STATUS
+from jobs.session import get_spark
+from jobs.transforms import (
+    BASE_SCORE_COLUMNS,
+    negclip_scores,
+    normsim_column,
+    with_clip_score,
+    with_lineage,
+    with_normsim,
+    with_status,
+)
+from udfs.kernels import second_moment
+from udfs.score import TargetHandle
+
+NORMSIM2D_COLUMN = "normsim2d_survived"
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """What a score run did."""
+
+    run_id: str
+    rows_in: int
+    rows_out: int
+    by_status: dict[str, int]
+    seconds: float
+
+
+def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
+    """Score the pool of ``cfg.input`` and write this run's rows of ``cfg.output``."""
+    started = time.time()
+    started_at = datetime.now(timezone.utc)
+    targets = [io.load_target(t.name, t.path, t.key) for t in cfg.normsim.targets]
+    lineage = _lineage(cfg, targets)
+    run_id = cfg.run_id or derive_run_id(cfg, lineage)
+
+    raw = io.read_pool(spark, cfg.input)
+    dim = cfg.input.expected_dim or _detect_dim(raw)
+    for t in targets:
+        if t.matrix.shape[1] != dim:
+            raise ConfigError(
+                f"normsim.targets[{t.name}]", f"target has dimension {t.matrix.shape[1]}, the pool {dim}"
+            )
+    handles = [_handle(t, cfg.normsim) for t in targets]
+
+    checked = raw.transform(with_status, dim=dim).persist(StorageLevel.MEMORY_AND_DISK)
+    rows_in = checked.count()
+    ok = checked.where(F.col("status") == STATUS.OK)
+    n_ok = ok.count()
+
+    scored = ok.transform(with_clip_score, dim=dim).transform(
+        with_normsim,
+        targets=handles,
+        norms=cfg.normsim.norms,
+        dim=dim,
+        signed=cfg.normsim.signed_inf,
+        block_size=cfg.normsim.block_size,
+    )
+    scored = scored.drop("image_emb", "text_emb")
+    if cfg.negclip.enabled and n_ok:
+        n_groups = max(1, math.ceil(n_ok / cfg.negclip.group_rows))
+        parts = ok.transform(negclip_scores, cfg=cfg.negclip, dim=dim, n_groups=n_groups)
+        scored = scored.join(parts, on="uid", how="left")
+    if cfg.normsim2_dynamic.enabled and n_ok:
+        survived = normsim2_dynamic_survival(ok.select("uid", "image_emb", "text_emb"), cfg=cfg.normsim2_dynamic,
+                                             dim=dim, n_pool=n_ok)
+        scored = scored.join(survived, on="uid", how="left")
+
+    rest = checked.where(F.col("status") != STATUS.OK).drop("image_emb", "text_emb")
+    columns = _output_columns(cfg)
+    out = (
+        scored.unionByName(rest, allowMissingColumns=True)
+        .transform(_with_missing_columns, columns=columns)
+        .transform(with_lineage, run_id=run_id, lineage=lineage)
+        .withColumn("scored_at", F.lit(started_at.replace(tzinfo=None)).cast("timestamp"))
+        .select(*_ordered(columns))
+    )
+    io.replace_partition(out, cfg.output, "run_id", run_id)
+    checked.unpersist()
+
+    written = io.read_delta(spark, cfg.output).where(F.col("run_id") == run_id)
+    by_status = {r["status"]: int(r["count"]) for r in written.groupBy("status").count().collect()}
+    rows_out = sum(by_status.values())
+    seconds = time.time() - started
+    _record_run(spark, cfg, run_id, lineage, started_at, seconds, rows_in, by_status)
+    if rows_out != rows_in:
+        raise RuntimeError(f"run {run_id}: {rows_in} rows read but {rows_out} written; the table was left as written")
+    return ScoreResult(run_id=run_id, rows_in=rows_in, rows_out=rows_out, by_status=by_status, seconds=seconds)
+
+
+def derive_run_id(cfg: ScoreConfig, lineage: dict[str, object]) -> str:
+    """A run id from everything that determines the scores: same config and targets, same id."""
+    basis = {
+        "input": to_dict(cfg.input),
+        "negclip": {k: v for k, v in to_dict(cfg.negclip).items() if k != "block_rows"},
+        "normsim": {"norms": list(cfg.normsim.norms), "signed_inf": cfg.normsim.signed_inf},
+        "normsim2_dynamic": to_dict(cfg.normsim2_dynamic),
+        "targets": lineage["targets"],
+        "code_version": lineage["code_version"],
+    }
+    digest = hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()
+    return f"run-{digest[:16]}"
+
+
+def _lineage(cfg: ScoreConfig, targets: Sequence[io.Target]) -> dict[str, object]:
+    teacher = cfg.input.arch if cfg.input.kind == "datacomp" else f"table:{cfg.input.label}"
+    return {
+        "teacher": teacher,
+        "normalized": True,
+        "tau": cfg.negclip.tau,
+        "batch_size": cfg.negclip.batch_size,
+        "rounds": cfg.negclip.rounds,
+        "seed": cfg.negclip.seed,
+        "grouping": cfg.negclip.grouping,
+        "targets": [{"name": t.name, "sha256": t.sha256, "rows": int(t.matrix.shape[0])} for t in targets],
+        "code_version": jobs.__version__,
+    }
+
+
+def _detect_dim(raw: DataFrame) -> int:
+    row = raw.where(F.col("image_emb").isNotNull()).select(F.size("image_emb").alias("d")).first()
+    if row is None:
+        raise ValueError("the input has no image embeddings; set input.dim or check input.image_col")
+    return int(row["d"])
+
+
+def _handle(target: io.Target, cfg: NormSimConfig) -> TargetHandle:
+    moment = second_moment(target.matrix)
+    small = target.matrix.nbytes <= cfg.closure_max_mb * (1 << 20)
+    if small or "inf" not in cfg.norms:
+        return TargetHandle(target.name, target.sha256, int(target.matrix.shape[0]), moment, matrix=target.matrix)
+    if cfg.staging_dir is None:
+        raise ConfigError(
+            "normsim.staging_dir",
+            f"target '{target.name}' is {target.matrix.nbytes >> 20} MiB, over closure_max_mb="
+            f"{cfg.closure_max_mb}; set staging_dir to a folder every executor can read, or raise closure_max_mb",
+        )
+    path = io.stage_target(target, cfg.staging_dir)
+    return TargetHandle(target.name, target.sha256, int(target.matrix.shape[0]), moment, path=path)
+
+
+def _output_columns(cfg: ScoreConfig) -> list[str]:
+    cols = list(BASE_SCORE_COLUMNS)
+    for t in cfg.normsim.targets:
+        cols += [normsim_column(t.name, p) for p in cfg.normsim.norms]
+    if cfg.normsim2_dynamic.enabled:
+        cols.append(NORMSIM2D_COLUMN)
+    return cols
+
+
+def _ordered(score_columns: Sequence[str]) -> list[str]:
+    return [
+        "uid", "source", "source_row", "status", "error", *score_columns,
+        "image_norm", "text_norm", "lineage", "scored_at", "run_id",
+    ]  # fmt: skip
+
+
+def _with_missing_columns(df: DataFrame, *, columns: Sequence[str]) -> DataFrame:
+    for c in columns:
+        if c not in df.columns:
+            df = df.withColumn(c, F.lit(None).cast("int" if c == NORMSIM2D_COLUMN else "double"))
+    return df
+
+
+def _record_run(
+    spark: SparkSession,
+    cfg: ScoreConfig,
+    run_id: str,
+    lineage: dict[str, object],
+    started_at: datetime,
+    seconds: float,
+    rows_in: int,
+    by_status: dict[str, int],
+) -> None:
+    record = spark.createDataFrame(
+        [
+            (
+                run_id,
+                started_at.replace(tzinfo=None),
+                float(seconds),
+                cfg.input.label,
+                int(rows_in),
+                json.dumps(by_status, sort_keys=True),
+                json.dumps(to_dict(cfg), sort_keys=True),
+                json.dumps(lineage, sort_keys=True),
+                jobs.__version__,
+            )
+        ],
+        "run_id string, started_at timestamp, seconds double, input string, rows bigint, rows_by_status string, "
+        "config string, lineage string, code_version string",
+    )
+    io.replace_partition(record, io.sibling(cfg.output, "runs"), "run_id", run_id)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: ``clipsift score --config score.yaml [--set key=value ...]``."""
+    parser = argparse.ArgumentParser(prog="clipsift score", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="YAML file (see README: score config)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load(ScoreConfig, args.config, args.set)
+    except ConfigError as exc:
+        print(f"clipsift score: {exc}", file=sys.stderr)
+        return 2
+    spark = get_spark(cfg.spark.app_name, cfg.spark.conf)
+    result = run(spark, cfg)
+    print(
+        f"clipsift score: run {result.run_id}: {result.rows_in} rows in, {result.rows_out} rows out "
+        f"({', '.join(f'{k}={v}' for k, v in sorted(result.by_status.items()))}) in {result.seconds:.1f}s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

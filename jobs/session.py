@@ -1,0 +1,57 @@
+"""The one way clipsift gets a SparkSession: reuse the active one, else build one with Delta configured."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Mapping
+from importlib import metadata
+
+from pyspark.sql import SparkSession
+
+#: Folder (or glob) of the Delta jars; set by `make setup`. Without it the jars come from spark.jars.packages.
+JARS_ENV = "CLIPSIFT_JARS"
+
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+def get_spark(app_name: str = "clipsift", conf: Mapping[str, str] | None = None) -> SparkSession:
+    """Return the active SparkSession, or build one with Delta Lake configured.
+
+    The master is never set here: spark-submit, Databricks or the ``spark.master`` setting decide.
+    Delta's jars come from ``$CLIPSIFT_JARS`` (a folder or glob of jars, as ``make setup`` fetches),
+    else from ``spark.jars.packages`` matching the installed delta-spark (needs Maven Central), unless
+    the caller's ``conf`` or the cluster already provides them.
+
+    Args:
+        app_name: Spark application name.
+        conf: extra ``spark.*`` settings applied when a new session is built.
+    """
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    settings = dict(DELTA_CONF)
+    settings.update(_delta_jars())
+    settings.update(conf or {})
+    builder = SparkSession.builder.appName(app_name)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+def _delta_jars() -> dict[str, str]:
+    where = os.environ.get(JARS_ENV)
+    if where:
+        pattern = os.path.join(where, "*.jar") if os.path.isdir(where) else where
+        jars = sorted(glob.glob(pattern))
+        if not jars:
+            raise FileNotFoundError(f"${JARS_ENV}={where} holds no .jar files; run `make setup` or unset it")
+        return {"spark.jars": ",".join(jars)}
+    try:
+        version = metadata.version("delta-spark")
+    except metadata.PackageNotFoundError:
+        return {}
+    return {"spark.jars.packages": f"io.delta:delta-spark_2.13:{version}"}

@@ -1,0 +1,1 @@
+"""clipsift's computing side: numpy kernels (``udfs.kernels``) and thin pandas-UDF wrappers."""

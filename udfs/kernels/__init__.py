@@ -1,0 +1,24 @@
+"""Pure numpy kernels of clipsift: every score is computed here, and only here. No pyspark.
+
+>>> from udfs.kernels import clip_score, negclip_loss, normsim, normsim2_dynamic
+"""
+
+from udfs.kernels._checks import l2_normalize
+from udfs.kernels.batching import batch_plan, uid_hash64
+from udfs.kernels.clipscore import clip_score
+from udfs.kernels.negclip import batch_parts, negclip_loss
+from udfs.kernels.normsim import normsim, normsim2_dynamic, normsim2_from_moment, normsim_inf, second_moment
+
+__all__ = [
+    "batch_parts",
+    "batch_plan",
+    "clip_score",
+    "l2_normalize",
+    "negclip_loss",
+    "normsim",
+    "normsim2_dynamic",
+    "normsim2_from_moment",
+    "normsim_inf",
+    "second_moment",
+    "uid_hash64",
+]

@@ -1,0 +1,127 @@
+"""Vectorised UDF factories for the scores: thin Arrow adapters over :mod:`udfs.kernels`.
+
+Each factory returns a UDF (or a grouped-map function) whose body converts Arrow list arrays to
+numpy matrices without copying and calls one kernel. Inputs must be rows with status ``ok``:
+non-null, finite, ``dim`` values each (the job filters the rest out first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql.functions import arrow_udf
+
+from udfs.arrow import to_matrix
+from udfs.kernels import batch_plan, clip_score, negclip_loss, normsim2_from_moment, normsim_inf, second_moment
+
+
+def clip_score_udf(dim: int) -> Any:
+    """UDF ``(image_emb, text_emb) -> double``: CLIPScore."""
+
+    @arrow_udf("double")  # type: ignore[misc]  # pyspark's decorator is untyped
+    def clip_score_column(img: pa.Array, txt: pa.Array) -> pa.Array:
+        return pa.array(clip_score(to_matrix(img, dim), to_matrix(txt, dim)), pa.float64())
+
+    return clip_score_column
+
+
+@dataclass(frozen=True)
+class TargetHandle:
+    """What a NormSim UDF needs of one target: its second moment, and its rows in the closure or at a path."""
+
+    name: str
+    sha256: str
+    rows: int
+    moment: np.ndarray
+    """``(d, d)`` float64 Σ t tᵀ, for p = 2."""
+    matrix: np.ndarray | None = None
+    """The rows themselves (small targets travel in the closure)."""
+    path: str | None = None
+    """A staged float32 ``.npy`` every worker can read (large targets; memory-mapped once per worker)."""
+
+
+#: Memory-mapped staged targets, one per (path, content hash) per Python worker.
+_TARGET_CACHE: dict[tuple[str, str], np.ndarray] = {}
+
+
+def target_rows(handle: TargetHandle) -> np.ndarray:
+    """The target's rows: from the closure, or memory-mapped from its staged file (cached per worker)."""
+    if handle.matrix is not None:
+        return handle.matrix
+    if handle.path is None:
+        raise ValueError(f"target '{handle.name}' has neither rows nor a staged path")
+    key = (handle.path, handle.sha256)
+    if key not in _TARGET_CACHE:
+        _TARGET_CACHE[key] = np.load(handle.path, mmap_mode="r")
+    return _TARGET_CACHE[key]
+
+
+def normsim_udf(handle: TargetHandle, norms: tuple[str, ...], dim: int, signed: bool, block_size: int) -> Any:
+    """UDF ``image_emb -> struct<normsim_<p> double, ...>`` for one target and the requested p ∈ {"2", "inf"}."""
+    fields = ", ".join(f"normsim_{p} double" for p in norms)
+
+    @arrow_udf(f"struct<{fields}>")  # type: ignore[misc]
+    def normsim_column(img: pa.Array) -> pa.Array:
+        f = to_matrix(img, dim)
+        cols = []
+        for p in norms:
+            if p == "2":
+                cols.append(normsim2_from_moment(f, handle.moment))
+            else:
+                cols.append(normsim_inf(f, target_rows(handle), signed=signed, block_size=block_size))
+        return pa.StructArray.from_arrays([pa.array(c, pa.float64()) for c in cols], names=[f"normsim_{p}" for p in norms])
+
+    return normsim_column
+
+
+def negclip_group_fn(
+    *, rounds: int, batch_size: int, tau: float, seed: int, dim: int, block_rows: int | None
+) -> Callable[[pa.Table], pa.Table]:
+    """Grouped-map function for ``applyInArrow``: negCLIPLoss of every row of one group.
+
+    The group's rows are put in uid order (so the input order never matters), given the seeded
+    batch plan of :func:`udfs.kernels.batch_plan`, and scored by :func:`udfs.kernels.negclip_loss`;
+    the K rounds are averaged in the kernel. Output: ``uid, negclip_loss, negclip_r_i2t, negclip_r_t2i``.
+    """
+
+    def negclip_group(table: pa.Table) -> pa.Table:
+        uids = np.asarray(table.column("uid").to_pylist(), dtype=object)
+        order = np.argsort(uids.astype(str), kind="stable")
+        table = table.take(pa.array(order))
+        sorted_uids = [str(u) for u in uids[order]]
+        img = to_matrix(table.column("image_emb"), dim)
+        txt = to_matrix(table.column("text_emb"), dim)
+        plan = batch_plan(sorted_uids, rounds, batch_size, seed)
+        parts = negclip_loss(img, txt, plan, tau=tau, return_parts=True, block_rows=block_rows)
+        assert isinstance(parts, dict)
+        return pa.table(
+            {
+                "uid": pa.array(sorted_uids, pa.string()),
+                "negclip_loss": pa.array(parts["negclip_loss"], pa.float64()),
+                "negclip_r_i2t": pa.array(parts["r_i2t"], pa.float64()),
+                "negclip_r_t2i": pa.array(parts["r_t2i"], pa.float64()),
+            }
+        )
+
+    return negclip_group
+
+
+def moment_partial_fn(dim: int) -> Callable[[Any], Any]:
+    """``mapInArrow`` function: each partition's Σ f fᵀ of ``image_emb`` as one row (``rows long, moment binary``)."""
+
+    def moment_partial(batches: Any) -> Any:
+        total = np.zeros((dim, dim))
+        rows = 0
+        for batch in batches:
+            f = to_matrix(batch.column(0), dim)
+            total += second_moment(f)
+            rows += f.shape[0]
+        yield pa.RecordBatch.from_arrays(
+            [pa.array([rows], pa.int64()), pa.array([total.tobytes()], pa.binary())], names=["rows", "moment"]
+        )
+
+    return moment_partial
