@@ -1,0 +1,218 @@
+"""``clipsift select``: named selections over a score table, each a SQL view.
+
+Reads:  the score table (``scores``) and its runs table ``<scores>_runs`` (to find the latest run).
+Writes: one view per selection (``<view_schema>.<view_prefix><name>``), the selections table
+        ``<scores>_selections`` (one row per run and selection: rule, parameters, cut-offs, size,
+        the view's SQL), and on request a Delta table of the selected uids and DataComp's ``.npy``.
+
+Cut-offs are computed in Spark (:mod:`jobs.cutoffs`) and written into each view as typed literals,
+so a view is plain SQL over the score table: query it, join it, or re-select without re-scoring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs import io
+from jobs.config import ConfigError, SelectConfig, SelectionConfig, load, to_dict
+from jobs.cutoffs import Cutoff, keep_condition, keep_sql, top_n_cutoff
+from jobs.io import quote_ident, sql_string
+from jobs.schemas import STATUS
+from jobs.session import get_spark
+
+
+
+@dataclass(frozen=True)
+class SelectionResult:
+    """One selection as created."""
+
+    name: str
+    view: str
+    rule: str
+    rows: int
+    pool_rows: int
+    cutoffs: dict[str, object] = field(default_factory=dict)
+    sql: str = ""
+
+
+def run(spark: SparkSession, cfg: SelectConfig) -> list[SelectionResult]:
+    """Create (or replace) every selection's view over one run of the score table."""
+    run_id = cfg.run_id or latest_run(spark, cfg)
+    scores = io.read_delta(spark, cfg.scores)
+    pool = scores.where((F.col("run_id") == run_id) & (F.col("status") == STATUS.OK))
+    pool_rows = pool.count()
+    if pool_rows == 0:
+        raise ValueError(f"run '{run_id}' of {cfg.scores.label} has no rows with status 'ok'; check run_id")
+    for sel in cfg.selections:
+        for c in _columns_used(sel):
+            if c not in scores.columns:
+                raise ConfigError(
+                    f"selections[{sel.name}]", f"column '{c}' is not in the score table (has {', '.join(scores.columns)})"
+                )
+    base = f"{io.sql_table(cfg.scores)} WHERE `run_id` = {sql_string(run_id)} AND `status` = {sql_string(STATUS.OK)}"
+    columns = ", ".join(quote_ident(c) for c in scores.columns)
+    views: dict[str, str] = {}
+    results = []
+    for sel in cfg.selections:
+        condition, source, cutoffs = _render(sel, pool, pool_rows, base, views)
+        view = _view_name(cfg, sel.name)
+        sql = f"SELECT {columns} FROM {source} AND ({condition})"
+        spark.sql(f"CREATE OR REPLACE VIEW {view} AS {sql}")
+        views[sel.name] = view
+        rows = spark.table(view).count()
+        results.append(SelectionResult(sel.name, view, sel.rule, rows, pool_rows, cutoffs, sql))
+        if sel.materialize is not None:
+            io.overwrite_table(
+                spark.table(view).select("uid", F.lit(sel.name).alias("selection"), "run_id"), sel.materialize
+            )
+        if sel.export_npy is not None:
+            export_subset(spark.table(view), sel.export_npy)
+    _record(spark, cfg, run_id, results)
+    return results
+
+
+def latest_run(spark: SparkSession, cfg: SelectConfig) -> str:
+    """The most recent run id in the score table's runs table."""
+    runs_ref = io.sibling(cfg.scores, "runs")
+    if not io.table_exists(spark, runs_ref):
+        raise ValueError(f"no runs table '{runs_ref.label}' beside {cfg.scores.label}; run clipsift score first")
+    row = io.read_delta(spark, runs_ref).orderBy(F.col("started_at").desc()).select("run_id").first()
+    if row is None:
+        raise ValueError(f"runs table '{runs_ref.label}' is empty; run clipsift score first")
+    return str(row["run_id"])
+
+
+def _columns_used(sel: SelectionConfig) -> list[str]:
+    return [c for c in (sel.column, sel.then_column, *sel.columns) if c]
+
+
+def _render(
+    sel: SelectionConfig, pool: DataFrame, n: int, base: str, views: dict[str, str]
+) -> tuple[str, str, dict[str, object]]:
+    """(SQL condition, FROM clause up to its WHERE, cut-offs) of one selection."""
+    source = base
+    if sel.rule == "threshold":
+        assert sel.column is not None
+        col = quote_ident(sel.column)
+        parts = [f"{col} IS NOT NULL"]
+        if sel.min is not None:
+            parts.append(f"{col} >= {_double(sel.min)}")
+        if sel.max is not None:
+            parts.append(f"{col} <= {_double(sel.max)}")
+        return " AND ".join(parts), source, {"min": sel.min, "max": sel.max}
+    if sel.rule == "top_fraction":
+        assert sel.column is not None and sel.fraction is not None
+        keep = int(n * sel.fraction)
+        if sel.counting == "datacomp":
+            cut = top_n_cutoff(pool, sel.column, keep + 1, ties=True)
+        else:
+            cut = top_n_cutoff(pool, sel.column, keep)
+        return keep_sql(sel.column, cut), source, {sel.column: _cut(cut), "n": keep}
+    if sel.rule == "sequential":
+        assert sel.column and sel.then_column and sel.fraction is not None and sel.then_fraction is not None
+        n1, n2 = int(n * sel.fraction), int(n * sel.then_fraction)
+        cut1 = top_n_cutoff(pool, sel.column, n1)
+        cond = keep_sql(sel.column, cut1)
+        cutoffs: dict[str, object] = {sel.column: _cut(cut1), "n1": n1}
+        if n2 != n1:
+            cut2 = top_n_cutoff(pool.where(keep_condition(sel.column, cut1)), sel.then_column, n2)
+            cond = f"{cond} AND {keep_sql(sel.then_column, cut2)}"
+            cutoffs.update({sel.then_column: _cut(cut2), "n2": n2})
+        return cond, source, cutoffs
+    if sel.rule == "sum_of_ranks":
+        assert sel.fraction is not None
+        expr = " + ".join(f"(RANK() OVER (ORDER BY {quote_ident(c)} ASC) - 1) / {n}D" for c in sel.columns)
+        ranked = pool.where(" AND ".join(f"{quote_ident(c)} IS NOT NULL" for c in sel.columns)).withColumn(
+            "_rank_sum", F.expr(expr)
+        )
+        keep = int(n * sel.fraction)
+        cut = top_n_cutoff(ranked, "_rank_sum", keep)
+        source = f"(SELECT *, {expr} AS `_rank_sum` FROM {base}) AS ranked WHERE TRUE"
+        return keep_sql("_rank_sum", cut), source, {"rank_sum": _cut(cut), "n": keep}
+    members = [f"`uid` IN (SELECT `uid` FROM {views[name]})" for name in sel.of]
+    joiner = " AND " if sel.rule == "intersect" else " OR "
+    return joiner.join(members), source, {"of": list(sel.of)}
+
+
+def _double(value: float) -> str:
+    from jobs.cutoffs import sql_double
+
+    return sql_double(value)
+
+
+def _cut(cut: Cutoff | None) -> dict[str, object] | None:
+    return None if cut is None else asdict(cut)
+
+
+def _view_name(cfg: SelectConfig, name: str) -> str:
+    view = quote_ident(f"{cfg.view_prefix}{name}")
+    if cfg.view_schema:
+        return ".".join(quote_ident(p) for p in cfg.view_schema.split(".")) + "." + view
+    return view
+
+
+def export_subset(df: DataFrame, path: str) -> int:
+    """Write DataComp's subset ``.npy`` (dtype ``u8,u8``, sorted) of the uids in ``df``; returns rows.
+
+    Raises:
+        ValueError: when a uid is not 32 hex characters (DataComp's format).
+    """
+    bad = df.where(~F.col("uid").rlike("^[0-9a-fA-F]{32}$")).select("uid").first()
+    if bad is not None:
+        raise ValueError(f"export_npy needs DataComp uids (32 hex characters); got '{bad['uid']}'")
+    pairs = [(int(u[:16], 16), int(u[16:], 16)) for (u,) in df.select("uid").toLocalIterator()]
+    arr = np.array(pairs, dtype=np.dtype("u8,u8")) if pairs else np.zeros(0, dtype=np.dtype("u8,u8"))
+    io.write_subset_npy(arr, path)
+    return len(pairs)
+
+
+def _record(spark: SparkSession, cfg: SelectConfig, run_id: str, results: Sequence[SelectionResult]) -> None:
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    params = {s.name: to_dict(s) for s in cfg.selections}
+    rows = [
+        (run_id, r.name, r.view, r.rule, json.dumps(params[r.name], sort_keys=True),
+         json.dumps(r.cutoffs, sort_keys=True), r.rows, r.pool_rows, r.sql, now)
+        for r in results
+    ]  # fmt: skip
+    df = spark.createDataFrame(
+        rows,
+        "run_id string, name string, view string, rule string, params string, cutoffs string, rows bigint, "
+        "pool_rows bigint, sql string, created_at timestamp",
+    )
+    ref = io.sibling(cfg.scores, "selections")
+    names = ", ".join(sql_string(r.name) for r in results)
+    if io.table_exists(spark, ref):
+        # Replace this run's rows for these selection names; keep the others.
+        old = io.read_delta(spark, ref).where(~((F.col("run_id") == run_id) & F.expr(f"name IN ({names})")))
+        df = old.unionByName(df).localCheckpoint()
+    io.overwrite_table(df, ref)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: ``clipsift select --config select.yaml [--set key=value ...]``."""
+    parser = argparse.ArgumentParser(prog="clipsift select", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="YAML file (see README: select config)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load(SelectConfig, args.config, args.set)
+    except ConfigError as exc:
+        print(f"clipsift select: {exc}", file=sys.stderr)
+        return 2
+    spark = get_spark(cfg.spark.app_name, cfg.spark.conf)
+    for r in run(spark, cfg):
+        print(f"clipsift select: {r.view}: {r.rows} of {r.pool_rows} rows ({r.rule})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
