@@ -182,7 +182,7 @@ class NormSimConfig:
     signed_inf: bool = False
     """p = ∞ as the signed maximum cosine instead of the maximum |cosine| (the authors' code)."""
     closure_max_mb: int = 64
-    """Targets up to this size travel in the UDF closure; larger ones are staged as .npy and memory-mapped per worker."""
+    """Targets up to this size travel in the UDF closure; larger ones are staged and memory-mapped per worker."""
     staging_dir: str | None = None
     """Folder every executor can read (e.g. ``/dbfs/...``, ``/Volumes/...``) for large staged targets."""
     block_size: int = 8192
@@ -315,7 +315,9 @@ class SelectionConfig:
         if self.then_fraction is not None:
             _fraction(f"{key}.then_fraction", self.then_fraction)
             if self.fraction is not None and self.then_fraction > self.fraction:
-                raise ConfigError(f"{key}.then_fraction", "is a fraction of the whole pool; it cannot exceed 'fraction'")
+                raise ConfigError(
+                    f"{key}.then_fraction", "is a fraction of the whole pool; it cannot exceed 'fraction'"
+                )
         if self.rule == "sum_of_ranks" and len(self.columns) < 2:
             raise ConfigError(f"{key}.columns", "sum_of_ranks needs at least two columns")
         if self.rule in ("intersect", "union"):
@@ -390,7 +392,7 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], key: str = "") -> T:
     """Build and validate a config dataclass from plain data (strict about unknown keys)."""
-    obj = _build(cls, data, key)
+    obj: T = _build(cls, data, key)
     validate = getattr(obj, "validate", None)
     if validate is not None and not key:
         validate()
@@ -433,9 +435,7 @@ def _build(tp: Any, value: Any, key: str) -> Any:
         fields = {f.name: f for f in dataclasses.fields(tp)}
         unknown = sorted(set(value) - set(fields))
         if unknown:
-            raise ConfigError(
-                _join(key, str(unknown[0])), f"unknown key; valid keys here: {', '.join(sorted(fields))}"
-            )
+            raise ConfigError(_join(key, str(unknown[0])), f"unknown key; valid keys here: {', '.join(sorted(fields))}")
         kwargs = {}
         for name, f in fields.items():
             if name in value:

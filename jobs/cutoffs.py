@@ -49,8 +49,9 @@ def sql_double(value: float) -> str:
     return f"CAST('{float(value)!r}' AS DOUBLE)"
 
 
-def top_n_cutoff(df: DataFrame, column: str, n: int, *, ties: bool = False, accuracy: int = 10_000,
-                 max_band: int = 200_000) -> Cutoff | None:
+def top_n_cutoff(
+    df: DataFrame, column: str, n: int, *, ties: bool = False, accuracy: int = 10_000, max_band: int = 200_000
+) -> Cutoff | None:
     """Cut-off keeping the top ``n`` rows of ``df`` by ``column`` (rows where it is null never count).
 
     Args:

@@ -61,7 +61,11 @@ def write_configs(out: Path, *, batch_size: int, rounds: int) -> tuple[Path, Pat
 
 def summarize(spark: SparkSession, out: Path, run_id: str) -> str:
     """How CLIPScore and negCLIPLoss treat each planted kind of row (clean, mismatched, generic, duplicate)."""
-    kinds = spark.read.parquet(str(out / "pool" / "shards")).select("uid", "synthetic_kind")
+    kinds = (
+        spark.read.option("pathGlobFilter", "*.parquet")
+        .parquet(str(out / "pool" / "shards"))
+        .select("uid", "synthetic_kind")
+    )
     scores = spark.read.format("delta").load(str(out / "scores")).where(F.col("run_id") == run_id)
     cs = spark.table("clipscore30").select("uid", F.lit(1).alias("in_cs"))
     ncl = spark.table("ncl30").select("uid", F.lit(1).alias("in_ncl"))

@@ -117,7 +117,7 @@ def _read_shard(shard_path: str, img_key: str, txt_key: str, rows_per_batch: int
         with fs.open_input_file(local) as f:
             uids = pq.read_table(f, columns=["uid"]).column("uid").combine_chunks()
         uids = uids.cast(pa.string())
-    except Exception as exc:  # noqa: BLE001 - any unreadable shard becomes a status row, never a dead task
+    except Exception as exc:
         yield _status_batch([None], source, [None], STATUS.UNREADABLE_SHARD, f"cannot read {shard_path}: {exc}")
         return
     n = len(uids)
@@ -134,10 +134,9 @@ def _read_shard(shard_path: str, img_key: str, txt_key: str, rows_per_batch: int
                 img, txt = npz[img_key], npz[txt_key]
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         problem = f"cannot read {Path(npz_path).name}: {exc}"
-    if img is not None and txt is not None:
-        if img.ndim != 2 or txt.ndim != 2:
-            problem = f"{img_key}/{txt_key} must be 2-D, got shapes {img.shape} and {txt.shape}"
-            img = txt = None
+    if img is not None and txt is not None and (img.ndim != 2 or txt.ndim != 2):
+        problem = f"{img_key}/{txt_key} must be 2-D, got shapes {img.shape} and {txt.shape}"
+        img = txt = None
     have = 0 if img is None or txt is None else min(img.shape[0], txt.shape[0])
     if img is not None and txt is not None and (img.shape[0] != n or txt.shape[0] != n):
         problem = f"npz has {img.shape[0]}/{txt.shape[0]} rows ({img_key}/{txt_key}), parquet has {n}"
@@ -174,7 +173,9 @@ def _embedding_array(m: np.ndarray | None, lo: int, ok_hi: int, hi: int) -> pa.A
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(block.reshape(-1)), mask=pa.array(mask))
 
 
-def _status_batch(uids: Sequence[str | None], source: str, rows: Sequence[int | None], status: str, error: str) -> pa.RecordBatch:
+def _status_batch(
+    uids: Sequence[str | None], source: str, rows: Sequence[int | None], status: str, error: str
+) -> pa.RecordBatch:
     n = len(uids)
     return pa.RecordBatch.from_arrays(
         [
@@ -192,10 +193,7 @@ def _status_batch(uids: Sequence[str | None], source: str, rows: Sequence[int | 
 
 def read_table(spark: SparkSession, cfg: InputConfig) -> DataFrame:
     """Read an embedding table (by catalog name or path) as rows of the pool schema."""
-    if cfg.table is not None:
-        df = spark.read.table(cfg.table)
-    else:
-        df = spark.read.format(cfg.format).load(cfg.path)
+    df = spark.read.table(cfg.table) if cfg.table is not None else spark.read.format(cfg.format).load(cfg.path)
     missing = [c for c in (cfg.uid_col, cfg.image_col, cfg.text_col, cfg.shard_col) if c and c not in df.columns]
     if missing:
         raise ValueError(

@@ -70,9 +70,7 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
     dim = cfg.input.expected_dim or _detect_dim(raw)
     for t in targets:
         if t.matrix.shape[1] != dim:
-            raise ConfigError(
-                f"normsim.targets[{t.name}]", f"target has dimension {t.matrix.shape[1]}, the pool {dim}"
-            )
+            raise ConfigError(f"normsim.targets[{t.name}]", f"target has dimension {t.matrix.shape[1]}, the pool {dim}")
     handles = [_handle(t, cfg.normsim) for t in targets]
 
     checked = raw.transform(with_status, dim=dim).persist(StorageLevel.MEMORY_AND_DISK)
@@ -94,8 +92,9 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
         parts = ok.transform(negclip_scores, cfg=cfg.negclip, dim=dim, n_groups=n_groups)
         scored = scored.join(parts, on="uid", how="left")
     if cfg.normsim2_dynamic.enabled and n_ok:
-        survived = normsim2_dynamic_survival(ok.select("uid", "image_emb", "text_emb"), cfg=cfg.normsim2_dynamic,
-                                             dim=dim, n_pool=n_ok)
+        survived = normsim2_dynamic_survival(
+            ok.select("uid", "image_emb", "text_emb"), cfg=cfg.normsim2_dynamic, dim=dim, n_pool=n_ok
+        )
         scored = scored.join(survived, on="uid", how="left")
 
     rest = checked.where(F.col("status") != STATUS.OK).drop("image_emb", "text_emb")

@@ -30,7 +30,6 @@ from jobs.schemas import STATUS
 from jobs.session import get_spark
 
 
-
 @dataclass(frozen=True)
 class SelectionResult:
     """One selection as created."""
@@ -56,7 +55,8 @@ def run(spark: SparkSession, cfg: SelectConfig) -> list[SelectionResult]:
         for c in _columns_used(sel):
             if c not in scores.columns:
                 raise ConfigError(
-                    f"selections[{sel.name}]", f"column '{c}' is not in the score table (has {', '.join(scores.columns)})"
+                    f"selections[{sel.name}]",
+                    f"column '{c}' is not in the score table (has {', '.join(scores.columns)})",
                 )
     base = f"{io.sql_table(cfg.scores)} WHERE `run_id` = {sql_string(run_id)} AND `status` = {sql_string(STATUS.OK)}"
     columns = ", ".join(quote_ident(c) for c in scores.columns)

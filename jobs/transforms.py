@@ -77,7 +77,9 @@ def with_status(df: DataFrame, *, dim: int) -> DataFrame:
         .withColumn("error", error)
         .withColumn("image_norm", F.when(ok, img_norm))
         .withColumn("text_norm", F.when(ok, txt_norm))
-        .withColumn("image_emb", F.when(ok, F.transform("image_emb", lambda x: (x / F.col("image_norm")).cast("float"))))
+        .withColumn(
+            "image_emb", F.when(ok, F.transform("image_emb", lambda x: (x / F.col("image_norm")).cast("float")))
+        )
         .withColumn("text_emb", F.when(ok, F.transform("text_emb", lambda x: (x / F.col("text_norm")).cast("float"))))
         .drop("load_status", "load_error")
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql.functions import arrow_udf
+from pyspark.sql.functions import arrow_udf  # type: ignore[attr-defined]  # new in 4.1, not in the stubs
 
 from udfs.arrow import to_matrix
 from udfs.kernels import batch_plan, clip_score, negclip_loss, normsim2_from_moment, normsim_inf, second_moment
@@ -22,7 +22,7 @@ from udfs.kernels import batch_plan, clip_score, negclip_loss, normsim2_from_mom
 def clip_score_udf(dim: int) -> Any:
     """UDF ``(image_emb, text_emb) -> double``: CLIPScore."""
 
-    @arrow_udf("double")  # type: ignore[misc]  # pyspark's decorator is untyped
+    @arrow_udf("double")  # type: ignore[untyped-decorator]  # pyspark's decorator is untyped
     def clip_score_column(img: pa.Array, txt: pa.Array) -> pa.Array:
         return pa.array(clip_score(to_matrix(img, dim), to_matrix(txt, dim)), pa.float64())
 
@@ -64,7 +64,7 @@ def normsim_udf(handle: TargetHandle, norms: tuple[str, ...], dim: int, signed: 
     """UDF ``image_emb -> struct<normsim_<p> double, ...>`` for one target and the requested p ∈ {"2", "inf"}."""
     fields = ", ".join(f"normsim_{p} double" for p in norms)
 
-    @arrow_udf(f"struct<{fields}>")  # type: ignore[misc]
+    @arrow_udf(f"struct<{fields}>")  # type: ignore[untyped-decorator]
     def normsim_column(img: pa.Array) -> pa.Array:
         f = to_matrix(img, dim)
         cols = []
@@ -73,7 +73,9 @@ def normsim_udf(handle: TargetHandle, norms: tuple[str, ...], dim: int, signed: 
                 cols.append(normsim2_from_moment(f, handle.moment))
             else:
                 cols.append(normsim_inf(f, target_rows(handle), signed=signed, block_size=block_size))
-        return pa.StructArray.from_arrays([pa.array(c, pa.float64()) for c in cols], names=[f"normsim_{p}" for p in norms])
+        return pa.StructArray.from_arrays(
+            [pa.array(c, pa.float64()) for c in cols], names=[f"normsim_{p}" for p in norms]
+        )
 
     return normsim_column
 

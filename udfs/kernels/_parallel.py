@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -39,7 +40,7 @@ def exp_shifted_inplace(x: np.ndarray, shift: np.ndarray, scale: float) -> np.nd
         work(0, n_rows)
         return sums
     bounds = np.linspace(0, n_rows, threads + 1).astype(int)
-    futures = [_pool(threads).submit(work, int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+    futures = [_pool(threads).submit(work, int(lo), int(hi)) for lo, hi in itertools.pairwise(bounds) if hi > lo]
     for f in futures:
         f.result()
     return sums

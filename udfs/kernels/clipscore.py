@@ -24,4 +24,5 @@ def clip_score(img: np.ndarray, txt: np.ndarray) -> np.ndarray:
     b = as_matrix(txt, "txt")
     if a.shape != b.shape:
         raise ValueError(f"img and txt must have the same shape, got {a.shape} and {b.shape}")
-    return np.einsum("ij,ij->i", a, b, dtype=np.float64)
+    scores: np.ndarray = np.einsum("ij,ij->i", a, b, dtype=np.float64)
+    return scores

@@ -43,8 +43,9 @@ def normsim2_from_moment(img: np.ndarray, moment: np.ndarray) -> np.ndarray:
     s = np.asarray(moment, dtype=np.float64)
     if s.shape != (f.shape[1], f.shape[1]):
         raise ValueError(f"moment must be ({f.shape[1]}, {f.shape[1]}) for dim {f.shape[1]}, got {s.shape}")
-    quad = np.einsum("ij,ij->i", f @ s, f)
-    return np.sqrt(np.maximum(quad, 0.0))
+    quad: np.ndarray = np.einsum("ij,ij->i", f @ s, f)
+    result: np.ndarray = np.sqrt(np.maximum(quad, 0.0))
+    return result
 
 
 def normsim_inf(img: np.ndarray, target: np.ndarray, signed: bool = False, block_size: int = 8192) -> np.ndarray:
@@ -73,9 +74,7 @@ def normsim_inf(img: np.ndarray, target: np.ndarray, signed: bool = False, block
     return best.astype(np.float64)
 
 
-def normsim(
-    img: np.ndarray, target: np.ndarray, p: float, signed: bool = False, block_size: int = 8192
-) -> np.ndarray:
+def normsim(img: np.ndarray, target: np.ndarray, p: float, signed: bool = False, block_size: int = 8192) -> np.ndarray:
     """NormSim_p of each pool image against a target set.
 
     Args:
