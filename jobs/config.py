@@ -463,7 +463,7 @@ def _build(tp: Any, value: Any, key: str) -> Any:
     if origin in (Mapping, dict) or tp in (Mapping, dict):
         if not isinstance(value, Mapping):
             raise ConfigError(key, f"expected a mapping, got {type(value).__name__}")
-        return {str(k): str(v) for k, v in value.items()}
+        return _flatten(value, key)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(key, f"expected true or false, got {value!r}")
@@ -483,6 +483,20 @@ def _build(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(key, f"expected a string, got {value!r}")
         return str(value)
     raise ConfigError(key, f"unsupported config type {tp!r}")  # pragma: no cover - a bug in a dataclass
+
+
+def _flatten(value: Mapping[str, Any], key: str, prefix: str = "") -> dict[str, str]:
+    """A string mapping; nested mappings become dotted keys (so ``--set spark.conf.spark.x.y=1`` works)."""
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key, f"{name}."))
+        elif isinstance(v, (list, tuple)) or v is None:
+            raise ConfigError(f"{key}.{name}", f"expected a single value, got {v!r}")
+        else:
+            out[name] = str(v).lower() if isinstance(v, bool) else str(v)
+    return out
 
 
 def _join(prefix: str, name: str) -> str:

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from udfs import ingest
+
 
 class STATUS:
     """Values of the ``status`` column; every row of a score table has exactly one."""
 
-    OK = "ok"
+    OK = ingest.OK
     UNREADABLE_SHARD = "unreadable_shard"
     MISSING_EMBEDDING = "missing_embedding"
-    NULL_UID = "null_uid"
+    NULL_UID = ingest.NULL_UID
     DUPLICATE_UID = "duplicate_uid"
-    NULL_EMBEDDING = "null_embedding"
-    BAD_DIMENSION = "bad_dimension"
-    NON_FINITE = "non_finite_embedding"
-    ZERO_NORM = "zero_norm"
+    NULL_EMBEDDING = ingest.NULL_EMBEDDING
+    BAD_DIMENSION = ingest.BAD_DIMENSION
+    NON_FINITE = ingest.NON_FINITE
+    ZERO_NORM = ingest.ZERO_NORM
 
 
 #: Rows of a pool as the readers produce them (Spark DDL and the matching Arrow schema).

@@ -36,10 +36,11 @@ from jobs.transforms import (
     BASE_SCORE_COLUMNS,
     negclip_scores,
     normsim_column,
+    with_checked_embeddings,
     with_clip_score,
+    with_duplicate_uids,
     with_lineage,
     with_normsim,
-    with_status,
 )
 from udfs.kernels import second_moment
 from udfs.score import TargetHandle
@@ -73,9 +74,10 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
             raise ConfigError(f"normsim.targets[{t.name}]", f"target has dimension {t.matrix.shape[1]}, the pool {dim}")
     handles = [_handle(t, cfg.normsim) for t in targets]
 
-    checked = raw.transform(with_status, dim=dim).persist(StorageLevel.MEMORY_AND_DISK)
+    checked = raw.transform(with_checked_embeddings, dim=dim).persist(StorageLevel.MEMORY_AND_DISK)
     rows_in = checked.count()
-    ok = checked.where(F.col("status") == STATUS.OK)
+    flagged = checked.transform(with_duplicate_uids)
+    ok = flagged.where(F.col("status") == STATUS.OK)
     n_ok = ok.count()
 
     scored = ok.transform(with_clip_score, dim=dim).transform(
@@ -97,7 +99,7 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
         )
         scored = scored.join(survived, on="uid", how="left")
 
-    rest = checked.where(F.col("status") != STATUS.OK).drop("image_emb", "text_emb")
+    rest = flagged.where(F.col("status") != STATUS.OK).drop("image_emb", "text_emb")
     columns = _output_columns(cfg)
     out = (
         scored.unionByName(rest, allowMissingColumns=True)

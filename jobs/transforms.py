@@ -9,80 +9,63 @@ from pyspark.sql import functions as F
 
 from jobs.config import NegClipConfig
 from jobs.schemas import LINEAGE_DDL, NEGCLIP_DDL, STATUS
+from udfs.ingest import CHECKED_DDL, check_embeddings_fn
 from udfs.score import TargetHandle, clip_score_udf, negclip_group_fn, normsim_udf
 
 #: Score columns every score table has (null where the row was not scored or the score not asked for).
 BASE_SCORE_COLUMNS = ("clip_score", "negclip_loss", "negclip_r_i2t", "negclip_r_t2i")
 
 
-def _norm(arr: Column) -> Column:
-    return F.sqrt(F.aggregate(arr, F.lit(0.0).cast("double"), lambda acc, x: acc + x.cast("double") * x))
+def with_checked_embeddings(df: DataFrame, *, dim: int) -> DataFrame:
+    """Add ``status``/``error``, L2-normalise the embeddings of ``ok`` rows and keep their norms.
+
+    Problems, first one wins: the reader's ``load_status``, a null uid, then each embedding's null /
+    dimension / non-finite / zero norm (:mod:`udfs.ingest`). Embeddings of other rows become null.
+    """
+    return df.mapInArrow(check_embeddings_fn(dim), CHECKED_DDL)
 
 
-def _embedding_problem(arr: Column, dim: int, what: str) -> tuple[Column, Column]:
-    """(status, error) of one embedding column, null when it is fine."""
-    size = F.size(arr)
-    non_finite = F.exists(arr, lambda x: F.isnan(x) | x.isin(float("inf"), float("-inf")) | x.isNull())
-    checks = [
-        (arr.isNull(), F.lit(STATUS.NULL_EMBEDDING), F.lit(f"{what} embedding is null")),
-        (
-            size != dim,
-            F.lit(STATUS.BAD_DIMENSION),
-            F.format_string(f"{what} embedding has %d values, expected {dim}", size),
-        ),
-        (non_finite, F.lit(STATUS.NON_FINITE), F.lit(f"{what} embedding holds NaN, infinite or null values")),
-        (_norm(arr) == 0, F.lit(STATUS.ZERO_NORM), F.lit(f"{what} embedding has zero norm")),
-    ]
-    status: Column = F.lit(None).cast("string")
-    error: Column = F.lit(None).cast("string")
-    for cond, s, e in reversed(checks):
-        status = F.when(cond, s).otherwise(status)
-        error = F.when(cond, e).otherwise(error)
-    return status, error
+def with_duplicate_uids(df: DataFrame) -> DataFrame:
+    """Mark repeated uids: the first ``ok`` row of a uid (by source, row) stays ``ok``, later ``ok`` ones
+    become ``duplicate_uid``. Only rows whose uid repeats are sorted; the repeated uids are broadcast.
+    """
+    repeated = (
+        df.where(F.col("uid").isNotNull())
+        .groupBy("uid")
+        .count()
+        .where(F.col("count") > 1)
+        .select("uid", F.lit(True).alias("_repeated"))
+    )
+    marked = df.join(F.broadcast(repeated), on="uid", how="left")
+    order = Window.partitionBy("uid").orderBy(
+        (F.col("status") != STATUS.OK).asc(),
+        F.col("source").asc_nulls_last(),
+        F.col("source_row").asc_nulls_last(),
+        F.xxhash64("image_emb", "text_emb"),
+    )
+    occurrence = F.row_number().over(order)
+    dup = (F.col("_occurrence") > 1) & (F.col("status") == STATUS.OK)
+    multi = (
+        marked.where(F.col("_repeated"))
+        .withColumn("_occurrence", occurrence)
+        .withColumn(
+            "error",
+            F.when(dup, F.format_string("uid repeats an earlier row (occurrence %d)", F.col("_occurrence"))).otherwise(
+                F.col("error")
+            ),
+        )
+        .withColumn("status", F.when(dup, F.lit(STATUS.DUPLICATE_UID)).otherwise(F.col("status")))
+        .drop("_occurrence")
+    )
+    return marked.where(F.col("_repeated").isNull()).unionByName(multi).drop("_repeated").select(*df.columns)
 
 
 def with_status(df: DataFrame, *, dim: int) -> DataFrame:
-    """Add ``status``/``error`` (first problem wins) and L2-normalise the embeddings of ``ok`` rows.
+    """Both checks in one: :func:`with_checked_embeddings` then :func:`with_duplicate_uids`.
 
-    Problems, in order: the reader's ``load_status``, a null uid, a repeated uid (every occurrence
-    after the first by source and row), then each embedding's null / dimension / non-finite / zero norm.
-    Also adds ``image_norm`` and ``text_norm`` (the norms before normalising).
+    The score job runs the two steps itself, persisting the checked rows in between.
     """
-    order = Window.partitionBy("uid").orderBy(
-        F.col("source").asc_nulls_last(), F.col("source_row").asc_nulls_last(), F.xxhash64("image_emb", "text_emb")
-    )
-    img_status, img_error = _embedding_problem(F.col("image_emb"), dim, "image")
-    txt_status, txt_error = _embedding_problem(F.col("text_emb"), dim, "text")
-    occurrence = F.when(F.col("uid").isNotNull(), F.row_number().over(order))
-    checks = [
-        (F.col("load_status").isNotNull(), F.col("load_status"), F.col("load_error")),
-        (F.col("uid").isNull(), F.lit(STATUS.NULL_UID), F.lit("uid is null")),
-        (
-            occurrence > 1,
-            F.lit(STATUS.DUPLICATE_UID),
-            F.format_string("uid repeats an earlier row (occurrence %d)", occurrence),
-        ),
-        (img_status.isNotNull(), img_status, img_error),
-        (txt_status.isNotNull(), txt_status, txt_error),
-    ]
-    status: Column = F.lit(STATUS.OK)
-    error: Column = F.lit(None).cast("string")
-    for cond, s, e in reversed(checks):
-        status = F.when(cond, s).otherwise(status)
-        error = F.when(cond, e).otherwise(error)
-    ok = status == STATUS.OK
-    img_norm, txt_norm = _norm(F.col("image_emb")), _norm(F.col("text_emb"))
-    return (
-        df.withColumn("status", status)
-        .withColumn("error", error)
-        .withColumn("image_norm", F.when(ok, img_norm))
-        .withColumn("text_norm", F.when(ok, txt_norm))
-        .withColumn(
-            "image_emb", F.when(ok, F.transform("image_emb", lambda x: (x / F.col("image_norm")).cast("float")))
-        )
-        .withColumn("text_emb", F.when(ok, F.transform("text_emb", lambda x: (x / F.col("text_norm")).cast("float"))))
-        .drop("load_status", "load_error")
-    )
+    return df.transform(with_checked_embeddings, dim=dim).transform(with_duplicate_uids)
 
 
 def with_clip_score(df: DataFrame, *, dim: int) -> DataFrame:

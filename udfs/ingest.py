@@ -1,0 +1,124 @@
+"""Embedding checks and L2-normalisation on ingest, vectorised over Arrow batches (``mapInArrow``).
+
+Each row gets a ``status`` (``ok`` or why it cannot be scored) and an ``error`` message; ``ok``
+rows get unit-norm float32 embeddings and their original norms. A bad row never raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from udfs.arrow import from_matrix
+from udfs.kernels import l2_normalize
+
+OK = "ok"
+NULL_UID = "null_uid"
+NULL_EMBEDDING = "null_embedding"
+BAD_DIMENSION = "bad_dimension"
+NON_FINITE = "non_finite_embedding"
+ZERO_NORM = "zero_norm"
+
+#: Output of :func:`check_embeddings_fn` (Spark DDL).
+CHECKED_DDL = (
+    "uid string, source string, source_row long, image_emb array<float>, text_emb array<float>, "
+    "status string, error string, image_norm double, text_norm double"
+)
+
+
+def check_column(arr: pa.Array, dim: int, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Check one list<float> embedding column.
+
+    Returns:
+        ``(status, error, unit, norm)``: object arrays of status (None when fine) and message, the
+        ``(n, dim)`` float32 normalised rows (zeros where not fine) and the float64 norms (NaN where not fine).
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    n = len(arr)
+    status = np.full(n, None, dtype=object)
+    error = np.full(n, None, dtype=object)
+    unit = np.zeros((n, dim), dtype=np.float32)
+    norm = np.full(n, np.nan)
+    if n == 0:
+        return status, error, unit, norm
+    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    offsets = arr.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    status[~valid] = NULL_EMBEDDING
+    error[~valid] = f"{what} embedding is null"
+    wrong = valid & (lengths != dim)
+    for i in np.flatnonzero(wrong):
+        status[i] = BAD_DIMENSION
+        error[i] = f"{what} embedding has {lengths[i]} values, expected {dim}"
+    rows = np.flatnonzero(valid & (lengths == dim))
+    if rows.size:
+        flat = arr.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)  # null values -> NaN
+        mat = flat[offsets[rows][:, None] + np.arange(dim)]
+        finite = np.isfinite(mat).all(axis=1)
+        normalized, norms = l2_normalize(np.where(finite[:, None], mat, 0.0))
+        zero = finite & (norms == 0)
+        bad = rows[~finite]
+        status[bad] = NON_FINITE
+        error[bad] = f"{what} embedding holds NaN, infinite or null values"
+        status[rows[zero]] = ZERO_NORM
+        error[rows[zero]] = f"{what} embedding has zero norm"
+        good = finite & ~zero
+        unit[rows[good]] = normalized[good]
+        norm[rows[good]] = norms[good]
+    return status, error, unit, norm
+
+
+def check_batch(batch: pa.RecordBatch, dim: int) -> pa.RecordBatch:
+    """Status, error, normalised embeddings and norms for one batch of pool rows (first problem wins)."""
+    n = batch.num_rows
+    load_status = np.asarray(batch.column("load_status").to_pylist(), dtype=object)
+    load_error = np.asarray(batch.column("load_error").to_pylist(), dtype=object)
+    uid_null = np.asarray(batch.column("uid").is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    img_s, img_e, img, img_n = check_column(batch.column("image_emb"), dim, "image")
+    txt_s, txt_e, txt, txt_n = check_column(batch.column("text_emb"), dim, "text")
+    status = np.full(n, OK, dtype=object)
+    error = np.full(n, None, dtype=object)
+    uid_s = np.full(n, None, dtype=object)
+    uid_e = np.full(n, None, dtype=object)
+    uid_s[uid_null] = NULL_UID
+    uid_e[uid_null] = "uid is null"
+    for s, e in reversed([(load_status, load_error), (uid_s, uid_e), (img_s, img_e), (txt_s, txt_e)]):
+        has = s != None  # noqa: E711 - elementwise comparison on an object array
+        status[has] = s[has]
+        error[has] = e[has]
+    ok = status == OK
+    return pa.RecordBatch.from_arrays(
+        [
+            batch.column("uid"),
+            batch.column("source"),
+            batch.column("source_row"),
+            _masked_lists(img, ok),
+            _masked_lists(txt, ok),
+            pa.array(status.tolist(), pa.string()),
+            pa.array(error.tolist(), pa.string()),
+            pa.array(np.where(ok, img_n, np.nan), pa.float64(), mask=~ok),
+            pa.array(np.where(ok, txt_n, np.nan), pa.float64(), mask=~ok),
+        ],
+        names=["uid", "source", "source_row", "image_emb", "text_emb", "status", "error", "image_norm", "text_norm"],
+    )
+
+
+def _masked_lists(mat: np.ndarray, keep: np.ndarray) -> pa.Array:
+    """Rows of ``mat`` as list<float>, null where not ``keep``."""
+    full = from_matrix(mat)
+    if keep.all():
+        return full
+    return pa.ListArray.from_arrays(full.offsets, full.values, mask=pa.array(~keep))
+
+
+def check_embeddings_fn(dim: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """``mapInArrow`` function from pool rows (``POOL_DDL``) to checked rows (:data:`CHECKED_DDL`)."""
+
+    def check_embeddings(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            yield check_batch(batch, dim)
+
+    return check_embeddings
