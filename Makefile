@@ -18,7 +18,7 @@ setup: $(VENV)/.installed $(JARS)/.fetched
 $(VENV)/.installed: pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -m pip install -q -e ".[dev,gpu]"
+	$(PYTHON) -m pip install -q -e ".[spark,dev,gpu]"
 	touch $@
 
 # The delta-spark wheel has no jars: fetch the matching ones from Maven Central.

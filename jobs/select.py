@@ -11,6 +11,16 @@ so a view is plain SQL over the score table: query it, join it, or re-select wit
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:
+    # Run as a file (spark-submit jobs/NAME.py): put the project root, not jobs/, on the path, so
+    # jobs/select.py does not shadow the standard library's `select`.
+    import os as _os
+    import sys as _sys
+
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
+    _sys.path.insert(0, _os.path.dirname(_here))
+
 import argparse
 import json
 import sys

@@ -14,18 +14,14 @@ are not counted, so a kernel at 100 % of the matmul rate would hide them complet
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .common import (
+    FreshProcess,
     Ratio,
     Report,
     Sizes,
@@ -132,26 +128,11 @@ def kernel_run(pool_dir: str, sizes: Sizes, shards: list[int] | None = None) -> 
     }
 
 
-@contextmanager
-def _env(**values: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def kernel_side_by_side(pool_dir: str, sizes: Sizes) -> list[dict[str, Any]]:
     """One single-threaded process per shard, all at once (the Spark ``local[2]`` task layout)."""
     single = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with _env(**single), ProcessPoolExecutor(max_workers=sizes.shards, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(kernel_run, pool_dir, sizes, [i]) for i in range(sizes.shards)]
-        return [f.result() for f in futures]
+    procs = [FreshProcess(kernel_run, (pool_dir, sizes, [i]), {}, env=single) for i in range(sizes.shards)]
+    return [p.result() for p in procs]
 
 
 def run(pool_dir: str | Path, sizes: Sizes, side_by_side: bool = True) -> Report:
@@ -160,27 +141,49 @@ def run(pool_dir: str | Path, sizes: Sizes, side_by_side: bool = True) -> Report
     mm = plain_matmul(sizes)
     rows = mm["block_rows"]
     shape = f"({rows}×{sizes.dim}) @ ({sizes.dim}×{sizes.batch_size})"
-    rep.add(BENCH, MATMUL, "throughput", mm["gflops_fresh"], "GFLOP/s",
-            f"{shape}, fresh output as in the kernel; best of {sizes.repeats}")
-    rep.add(BENCH, MATMUL_PREALLOC, "throughput", mm["gflops_prealloc"], "GFLOP/s",
-            f"{shape}, out= reused")
+    rep.add(
+        BENCH,
+        MATMUL,
+        "throughput",
+        mm["gflops_fresh"],
+        "GFLOP/s",
+        f"{shape}, fresh output as in the kernel; best of {sizes.repeats}",
+    )
+    rep.add(BENCH, MATMUL_PREALLOC, "throughput", mm["gflops_prealloc"], "GFLOP/s", f"{shape}, out= reused")
 
     k = in_fresh_process(kernel_run, str(pool_dir), sizes)
     k_gflops = k["flops"] / k["seconds"] / 1e9
     n = len(k["uids"])
-    rep.add(BENCH, KERNEL, "throughput", k_gflops, "GFLOP/s",
-            f"{n:,} rows, {len(k['batch_sizes'])} batches, {k['flops'] / 1e12:.2f} TFLOP in {k['seconds']:.1f} s")
-    rep.add(BENCH, KERNEL, "rows/s", n * sizes.rounds / k["seconds"], "rows/s",
-            "row-rounds per second")
-    rep.add(BENCH, KERNEL, "peak RSS increase", k["peak_rss"] - k["rss_before"], "bytes",
-            f"VmHWM {k['peak_rss'] / 2**20:,.0f} MiB over {k['rss_before'] / 2**20:,.0f} MiB holding the pool"
-            + ("" if k["peak_exact"] else "; peak not resettable, upper bound"))
+    rep.add(
+        BENCH,
+        KERNEL,
+        "throughput",
+        k_gflops,
+        "GFLOP/s",
+        f"{n:,} rows, {len(k['batch_sizes'])} batches, {k['flops'] / 1e12:.2f} TFLOP in {k['seconds']:.1f} s",
+    )
+    rep.add(BENCH, KERNEL, "rows/s", n * sizes.rounds / k["seconds"], "rows/s", "row-rounds per second")
+    rep.add(
+        BENCH,
+        KERNEL,
+        "peak RSS increase",
+        k["peak_rss"] - k["rss_before"],
+        "bytes",
+        f"VmHWM {k['peak_rss'] / 2**20:,.0f} MiB over {k['rss_before'] / 2**20:,.0f} MiB holding the pool"
+        + ("" if k["peak_exact"] else "; peak not resettable, upper bound"),
+    )
     rep.raw["negclip_kernel"] = {key: v for key, v in k.items() if key not in ("uids", "scores")}
     rep.raw["negclip_kernel_scores"] = dict(zip(k["uids"], k["scores"], strict=True))
     rep.raw["plain_matmul"] = mm
-    rep.ratios.append(Ratio(
-        "negCLIPLoss kernel / plain matmul (2 threads)", ratio(k_gflops, mm["gflops_fresh"]), 0.70,
-        "kernel alone GFLOP/s", "plain matmul GFLOP/s"))
+    rep.ratios.append(
+        Ratio(
+            "negCLIPLoss kernel / plain matmul (2 threads)",
+            ratio(k_gflops, mm["gflops_fresh"]),
+            0.70,
+            "kernel alone GFLOP/s",
+            "plain matmul GFLOP/s",
+        )
+    )
 
     if side_by_side and sizes.shards > 1:
         parts = kernel_side_by_side(str(pool_dir), sizes)
@@ -189,15 +192,32 @@ def run(pool_dir: str | Path, sizes: Sizes, side_by_side: bool = True) -> Report
         gflops = flops / span / 1e9
         worst = max(p["peak_rss"] - p["rss_before"] for p in parts)
         per = ", ".join(f"{p['seconds']:.1f}" for p in parts)
-        rep.add(BENCH, f"kernel, {len(parts)} processes × 1 thread, one shard each", "throughput", gflops, "GFLOP/s",
-                f"span {span:.1f} s (per process {per} s): the ideal of the Spark local[2] layout")
-        rep.add(BENCH, f"kernel, {len(parts)} processes × 1 thread, one shard each", "peak RSS increase", worst,
-                "bytes", "largest over the processes")
+        rep.add(
+            BENCH,
+            f"kernel, {len(parts)} processes × 1 thread, one shard each",
+            "throughput",
+            gflops,
+            "GFLOP/s",
+            f"span {span:.1f} s (per process {per} s): the ideal of the Spark local[2] layout",
+        )
+        rep.add(
+            BENCH,
+            f"kernel, {len(parts)} processes × 1 thread, one shard each",
+            "peak RSS increase",
+            worst,
+            "bytes",
+            "largest over the processes",
+        )
         rep.raw["negclip_kernel_side_by_side"] = [
             {key: v for key, v in p.items() if key not in ("uids", "scores")} for p in parts
         ]
-        rep.ratios.append(Ratio(
-            "kernel 2×1-thread processes / kernel 1×2-thread process", ratio(gflops, k_gflops), None,
-            "side-by-side GFLOP/s", "kernel alone GFLOP/s"))
+        rep.ratios.append(
+            Ratio(
+                "kernel 2×1-thread processes / kernel 1×2-thread process",
+                ratio(gflops, k_gflops),
+                None,
+                "side-by-side GFLOP/s",
+                "kernel alone GFLOP/s",
+            )
+        )
     return rep
-

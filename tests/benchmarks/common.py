@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import platform
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -357,10 +360,43 @@ class ProcessTreeMonitor:
 # Fresh processes and machine facts
 
 
+class FreshProcess:
+    """A function call running in a new Python interpreter (its own memory high-water mark, its own BLAS)."""
+
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], env: dict[str, str] | None = None
+    ) -> None:
+        self._dir = tempfile.mkdtemp(prefix="clipsift-bench-call-")
+        call, self._result = os.path.join(self._dir, "call.pkl"), os.path.join(self._dir, "result.pkl")
+        with open(call, "wb") as fh:
+            pickle.dump((fn.__module__, fn.__qualname__, args, kwargs), fh)
+        code = (
+            "import importlib, pickle, sys\n"
+            "mod, name, args, kwargs = pickle.load(open(sys.argv[1], 'rb'))\n"
+            "result = getattr(importlib.import_module(mod), name)(*args, **kwargs)\n"
+            "pickle.dump(result, open(sys.argv[2], 'wb'))\n"
+        )
+        child_env = {**os.environ, **(env or {})}
+        # The child imports this package the way this process did (tests.benchmarks or, under pytest, benchmarks).
+        child_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self._proc = subprocess.Popen([sys.executable, "-c", code, call, self._result], env=child_env)
+
+    def result(self) -> Any:
+        """Wait for the call and return its result (raises if the child failed)."""
+        try:
+            rc = self._proc.wait()
+            if rc != 0:
+                raise RuntimeError(f"benchmark child process exited with status {rc}")
+            with open(self._result, "rb") as fh:
+                return pickle.load(fh)
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
 def in_fresh_process(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call ``fn`` in a newly spawned Python process (its own memory high-water mark) and return its result."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(fn, *args, **kwargs).result()
+    """Call ``fn`` (a module-level function) in a new Python process and return its result."""
+    result: T = FreshProcess(fn, args, kwargs).result()
+    return result
 
 
 def blas_info() -> dict[str, Any]:

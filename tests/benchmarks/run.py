@@ -107,8 +107,14 @@ def run_suite(
     if spark_scores and kernel_scores:
         common = set(spark_scores) & set(kernel_scores)
         diff = max((abs(spark_scores[u] - kernel_scores[u]) for u in common), default=math.nan)
-        rep.add(bench_spark.BENCH, "job scores vs kernel alone", "max |Δ negclip_loss|", diff, "",
-                f"over {len(common):,} common uids (the job normalises in Spark SQL)")
+        rep.add(
+            bench_spark.BENCH,
+            "job scores vs kernel alone",
+            "max abs difference of negclip_loss",
+            diff,
+            "",
+            f"over {len(common):,} common uids (the job normalises in Spark SQL)",
+        )
     return {
         "preset": sizes.name,
         "sizes": asdict(sizes),
@@ -138,9 +144,15 @@ def _cross_ratios(rep: Report, spark_scores: dict[str, float]) -> None:
     k = rep.raw.get("normsim_kernel")
     u = rep.raw.get("normsim_inf_udf")
     if k and u:
-        rep.ratios.append(Ratio("NormSim∞ through Spark / kernel alone (rows/s)",
-                                ratio(u["rows"] / u["seconds"], k["inf_rows"] / k["inf_seconds"]), None,
-                                "NormSim∞ UDF rows/s", "NormSim∞ kernel rows/s"))
+        rep.ratios.append(
+            Ratio(
+                "NormSim∞ through Spark / kernel alone (rows/s)",
+                ratio(u["rows"] / u["seconds"], k["inf_rows"] / k["inf_seconds"]),
+                None,
+                "NormSim∞ UDF rows/s",
+                "NormSim∞ kernel rows/s",
+            )
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,7 +204,8 @@ def render_markdown(doc: dict[str, Any], command: str) -> str:
         "|---|---|---|---:|---|",
     ]
     for r in doc["rows"]:
-        lines.append(f"| {r['bench']} | {r['case']} | {r['metric']} | {_fmt(r['value'], r['unit'])} | {r['note']} |")
+        cells = (r["bench"], r["case"], r["metric"], _fmt(r["value"], r["unit"]), r["note"])
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     if doc["ratios"]:
         lines += ["", "| ratio | value | goal | met |", "|---|---:|---:|---|"]
         for r in doc["ratios"]:
@@ -225,14 +238,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.run", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench-output"), help="folder for results.md/json")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of the whole suite")
-    parser.add_argument("--only", action="append", default=[], metavar="NAME",
-                        help=f"run only this benchmark (repeatable or comma-separated): {', '.join(BENCHMARKS)}")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"run only this benchmark (repeatable or comma-separated): {', '.join(BENCHMARKS)}",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir, removed)")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     selected = _selected(args.only)
-    command = "python -m tests.benchmarks.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None
-                                                                                      else sys.argv[1:]))
+    command = "python -m tests.benchmarks.run " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     scratch = args.workdir or Path(tempfile.mkdtemp(prefix="clipsift-bench-"))
     try:
         doc = run_suite(sizes, selected, scratch)

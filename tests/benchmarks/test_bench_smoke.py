@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ from .common import TOY
 from .run import BENCHMARKS, run_suite, write_outputs
 
 
-def _check_document(doc: dict[str, object], out: Path) -> None:
+def _check_document(doc: dict[str, Any], out: Path) -> None:
     rows = doc["rows"]
     assert isinstance(rows, list) and rows
     for r in rows:
@@ -29,7 +30,7 @@ def _check_document(doc: dict[str, object], out: Path) -> None:
     assert json.loads((out / "results.json").read_text())["rows"] == json.loads(json.dumps(rows))
 
 
-def _value(doc: dict[str, object], bench: str, case: str, metric: str) -> float:
+def _value(doc: dict[str, Any], bench: str, case: str, metric: str) -> float:
     found = [r["value"] for r in doc["rows"] if (r["bench"], r["case"], r["metric"]) == (bench, case, metric)]
     assert len(found) == 1, (bench, case, metric)
     return float(found[0])
@@ -53,5 +54,5 @@ def test_all_benchmarks_with_spark_report_finite_numbers(spark: object, tmp_path
         assert _value(doc, bench_spark.BENCH, case, "throughput") > 0
     assert _value(doc, bench_spark.BENCH, bench_spark.TRANSFER, "wall time") > 0
     # The benchmark compares like with like: the job's scores are the kernel's scores.
-    assert _value(doc, bench_spark.BENCH, "job scores vs kernel alone", "max |Δ negclip_loss|") < 1e-4
+    assert _value(doc, bench_spark.BENCH, "job scores vs kernel alone", "max abs difference of negclip_loss") < 1e-4
     assert any(r["name"] == "Spark negCLIPLoss stage / kernel alone" for r in doc["ratios"])

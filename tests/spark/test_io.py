@@ -28,8 +28,10 @@ def _uids(n: int, tag: str) -> list[str]:
 
 def _shard(folder: Path, stem: str, uids: list[str], arrays: dict[str, np.ndarray] | None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"uid": pa.array(uids, pa.string()), "text": [f"t{i}" for i in range(len(uids))]}),
-                   folder / f"{stem}.parquet")
+    pq.write_table(
+        pa.table({"uid": pa.array(uids, pa.string()), "text": [f"t{i}" for i in range(len(uids))]}),
+        folder / f"{stem}.parquet",
+    )
     if arrays is not None:
         np.savez(folder / f"{stem}.npz", **arrays)
 
@@ -144,7 +146,7 @@ def test_list_datacomp_shards_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         io.list_datacomp_shards(str(tmp_path / "nope"))
     (tmp_path / "a.npz").write_bytes(b"x")
-    with pytest.raises(FileNotFoundError, match="no .parquet"):
+    with pytest.raises(FileNotFoundError, match=r"no \.parquet"):
         io.list_datacomp_shards(str(tmp_path))
     for stem in ("00002", "00000", "00001"):
         (tmp_path / f"{stem}.parquet").write_bytes(b"x")
@@ -161,8 +163,9 @@ def test_read_table_maps_columns(spark: SparkSession, tmp_path: Path) -> None:
         [(1, "a", [1.0, 2.0], [3.0, 4.0]), (2, "b", None, [5.0, 6.0])],
         "id int, part string, img array<double>, txt array<double>",
     ).write.format("parquet").save(path)
-    cfg = InputConfig(kind="table", path=path, format="parquet", uid_col="id", image_col="img", text_col="txt",
-                      shard_col="part")
+    cfg = InputConfig(
+        kind="table", path=path, format="parquet", uid_col="id", image_col="img", text_col="txt", shard_col="part"
+    )
     df = io.read_table(spark, cfg)
     assert df.columns == ["uid", "source", "source_row", "image_emb", "text_emb", "load_status", "load_error"]
     rows = {r["uid"]: r for r in df.collect()}
@@ -170,8 +173,9 @@ def test_read_table_maps_columns(spark: SparkSession, tmp_path: Path) -> None:
     assert rows["2"]["image_emb"] is None and rows["2"]["text_emb"] == [5.0, 6.0]
     assert dict(df.dtypes)["image_emb"] == "array<float>"
 
-    no_shard = io.read_table(spark, InputConfig(kind="table", path=path, format="parquet", uid_col="id",
-                                                image_col="img", text_col="txt"))
+    no_shard = io.read_table(
+        spark, InputConfig(kind="table", path=path, format="parquet", uid_col="id", image_col="img", text_col="txt")
+    )
     assert {r["source"] for r in no_shard.collect()} == {path}
 
     with pytest.raises(ValueError, match="'image_emb'"):
@@ -229,7 +233,9 @@ def test_replace_partition_is_rerunnable(spark: SparkSession, tmp_path: Path) ->
     assert not io.table_exists(spark, ref)
 
     def frame(run: str, values: list[float]) -> Any:
-        return spark.createDataFrame([(f"u{i}", v, run) for i, v in enumerate(values)], "uid string, s double, run_id string")
+        return spark.createDataFrame(
+            [(f"u{i}", v, run) for i, v in enumerate(values)], "uid string, s double, run_id string"
+        )
 
     io.replace_partition(frame("r1", [1.0, 2.0, 3.0]), ref, "run_id", "r1")
     io.replace_partition(frame("r2", [9.0]), ref, "run_id", "r2")
@@ -258,7 +264,7 @@ def test_names() -> None:
     assert io.sql_string("it's \\ ok") == "'it\\'s \\\\ ok'"
     assert io.sibling(TableRef(path="/x/scores/"), "runs") == TableRef(path="/x/scores_runs")
     assert io.sibling(TableRef(table="db.scores"), "runs") == TableRef(table="db.scores_runs")
-    fs, local = io.arrow_path("dbfs:/mnt/x")
+    _fs, local = io.arrow_path("dbfs:/mnt/x")
     assert local == "/dbfs/mnt/x"
     assert io.arrow_path("file:///tmp/a")[1] == "/tmp/a"
 

@@ -135,18 +135,19 @@ def test_override_below_a_scalar(tmp_path: Path) -> None:
     assert "rounds" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: --set splits on every '.', so a spark.conf key like spark.sql.shuffle.partitions becomes "
-    "nested mappings that are silently stringified into conf={'spark': \"{'sql': ...}\"}",
-)
 def test_override_of_a_dotted_spark_conf_key(tmp_path: Path) -> None:
-    path = _write(tmp_path, SCORE_YAML)
-    try:
-        cfg = load(ScoreConfig, path, ["spark.conf.spark.sql.shuffle.partitions=8"])
-    except ConfigError:
-        return  # refusing it clearly would be fine too
-    assert dict(cfg.spark.conf) == {"spark.sql.shuffle.partitions": "8"}
+    """Spark settings have dots in their names: ``--set spark.conf.<key>=v`` must give that one key."""
+    data = _score(spark={"conf": {"spark.executor.memory": "4g"}})
+    cfg = load(
+        ScoreConfig,
+        _write(tmp_path, data),
+        ["spark.conf.spark.sql.shuffle.partitions=8", "spark.conf.spark.sql.adaptive.enabled=false"],
+    )
+    assert dict(cfg.spark.conf) == {
+        "spark.executor.memory": "4g",
+        "spark.sql.shuffle.partitions": "8",
+        "spark.sql.adaptive.enabled": "false",
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -362,8 +363,14 @@ def test_selection_materialize_table_or_path() -> None:
             "selections[0].then_fraction",
         ),
         (
-            {"name": "a", "rule": "sequential", "column": "c", "fraction": 0.2, "then_column": "d",
-             "then_fraction": 0.3},
+            {
+                "name": "a",
+                "rule": "sequential",
+                "column": "c",
+                "fraction": 0.2,
+                "then_column": "d",
+                "then_fraction": 0.3,
+            },
             "selections[0].then_fraction",
         ),
         ({"name": "a", "rule": "sum_of_ranks", "fraction": 0.2}, "selections[0].columns"),
