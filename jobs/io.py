@@ -142,7 +142,7 @@ def _read_shard(shard_path: str, img_key: str, txt_key: str, rows_per_batch: int
         problem = f"npz has {img.shape[0]}/{txt.shape[0]} rows ({img_key}/{txt_key}), parquet has {n}"
     for lo in range(0, n, rows_per_batch):
         hi = min(n, lo + rows_per_batch)
-        ok_hi = min(hi, have)
+        ok_hi = max(lo, min(hi, have))
         rows = np.arange(lo, hi, dtype=np.int64)
         status: list[str | None] = [None] * (ok_hi - lo) + [STATUS.MISSING_EMBEDDING] * (hi - ok_hi)
         error: list[str | None] = [None] * (ok_hi - lo) + [problem or "no embedding"] * (hi - ok_hi)

@@ -161,7 +161,9 @@ def _lineage(cfg: ScoreConfig, targets: Sequence[io.Target]) -> dict[str, object
 
 
 def _detect_dim(raw: DataFrame) -> int:
-    row = raw.where(F.col("image_emb").isNotNull()).select(F.size("image_emb").alias("d")).first()
+    """The most common image embedding length (a few malformed rows do not decide it)."""
+    sizes = raw.where(F.col("image_emb").isNotNull()).groupBy(F.size("image_emb").alias("d")).count()
+    row = sizes.orderBy(F.col("count").desc(), F.col("d").asc()).first()
     if row is None:
         raise ValueError("the input has no image embeddings; set input.dim or check input.image_col")
     return int(row["d"])

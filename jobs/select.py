@@ -146,7 +146,8 @@ def _render(
         )
         keep = int(n * sel.fraction)
         cut = top_n_cutoff(ranked, "_rank_sum", keep)
-        source = f"(SELECT *, {expr} AS `_rank_sum` FROM {base}) AS ranked WHERE TRUE"
+        not_null = " AND ".join(f"{quote_ident(c)} IS NOT NULL" for c in sel.columns)
+        source = f"(SELECT *, {expr} AS `_rank_sum` FROM {base} AND {not_null}) AS ranked WHERE TRUE"
         return keep_sql("_rank_sum", cut), source, {"rank_sum": _cut(cut), "n": keep}
     members = [f"`uid` IN (SELECT `uid` FROM {views[name]})" for name in sel.of]
     joiner = " AND " if sel.rule == "intersect" else " OR "

@@ -113,12 +113,6 @@ def test_sum_of_ranks(spark: SparkSession, selected: dict[str, Any]) -> None:
     assert got == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect in select._render (sum_of_ranks): the cut-off is computed on rows where every column is "
-    "non-null, ranked among themselves, but the view ranks all ok rows (nulls first, rank ratio 0) and does not "
-    "drop null rows, so the view holds 400 rows instead of int(800*0.1) = 80",
-)
 def test_sum_of_ranks_with_a_nullable_column(spark: SparkSession, selected: dict[str, Any]) -> None:
     frame = selected["frame"]
     assert frame["normsim2d_survived"].isna().sum() == 400

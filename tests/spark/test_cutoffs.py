@@ -79,7 +79,7 @@ def test_ties_keeps_every_row_at_the_nth_value(scores: tuple[DataFrame, pd.DataF
         assert len(kept) >= n
 
 
-def test_one_ulp_apart_values_are_not_merged(scores: tuple[DataFrame, pd.DataFrame]) -> None:
+def test_one_ulp_apart_values_are_not_merged(spark: SparkSession, scores: tuple[DataFrame, pd.DataFrame]) -> None:
     df, pdf = scores
     above = int((pdf["score"].dropna().astype(float) > 0.3).sum())
     at_big = int((pdf["score"].dropna().astype(float) == 0.30000000000000004).sum())
@@ -87,6 +87,8 @@ def test_one_ulp_apart_values_are_not_merged(scores: tuple[DataFrame, pd.DataFra
     assert cut is not None and cut.value == 0.30000000000000004
     assert len(_kept(df, cut)) == above
     assert at_big > 0
+    via_sql = spark.sql(f"SELECT uid FROM cutoff_scores WHERE {keep_sql('score', cut)}").count()
+    assert via_sql == above
 
 
 def test_everything_tied(spark: SparkSession) -> None:

@@ -87,8 +87,7 @@ def test_read_datacomp_problems_become_statuses(spark: SparkSession, tmp_path: P
     (tmp_path / "00004.parquet").write_bytes(b"this is not parquet at all")
     (tmp_path / "00004.npz").write_bytes(b"nor is this an npz")
     (tmp_path / "00005.npz").write_bytes(b"an npz without parquet is ignored")
-    (tmp_path / "00006.parquet").write_bytes(pq_bytes := b"PAR1")  # truncated parquet
-    assert pq_bytes
+    (tmp_path / "00006.parquet").write_bytes(b"PAR1")  # truncated parquet
     rows = _rows(spark, tmp_path)
     by_source: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
@@ -114,20 +113,12 @@ def test_read_datacomp_problems_become_statuses(spark: SparkSession, tmp_path: P
         assert f"{stem}.parquet" in bad["load_error"]
 
 
-_ACROSS_BATCHES_DEFECT = pytest.mark.xfail(
-    strict=True,
-    reason="defect in io._read_shard: for a reader batch starting past the npz's last row (lo > have), the "
-    "status/error lists get hi - have entries instead of hi - lo, so RecordBatch.from_arrays raises "
-    "'Arrays were not all the same length' and the task fails (e.g. a >4096-row shard without npz)",
-)
-
-
 @pytest.mark.parametrize(
     ("n", "have", "rows_per_batch"),
     [
         (5, 3, 3),
-        pytest.param(5, 3, 2, marks=_ACROSS_BATCHES_DEFECT),
-        pytest.param(6, 0, 2, marks=_ACROSS_BATCHES_DEFECT),
+        (5, 3, 2),
+        (6, 0, 2),
     ],
 )
 def test_read_datacomp_short_npz_across_batches(
