@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from udfs.kernels._checks import as_matrix
-from udfs.kernels._parallel import exp_shifted_inplace
+from udfs.kernels._parallel import exp_sums
 
 #: Largest similarity block (elements) held at once when ``block_rows`` is not given: 256 MiB of float32.
 BLOCK_ELEMENTS = 1 << 26
@@ -111,30 +111,27 @@ def batch_parts(
     g = as_matrix(g, "txt")
     n = f.shape[0]
     rows = block_rows or max(1, min(n, BLOCK_ELEMENTS // max(n, 1)))
-    inv_tau = 1.0 / tau
+    f_logit = f * np.float32(1.0 / tau)  # the matmul then yields logits s/τ directly
     diag = np.empty(n)
     row_lse = np.empty(n)
     col_lse = np.full(n, -np.inf)
+    buffer = np.empty((min(rows, n), n), dtype=np.float32)  # reused: no fresh pages per block
     for lo in range(0, n, rows):
         hi = min(n, lo + rows)
-        s = f[lo:hi] @ g.T
+        s = np.matmul(f_logit[lo:hi], g.T, out=buffer[: hi - lo])
         local = np.arange(hi - lo)
         diag[lo:hi] = s[local, local + lo]
-        rmax = s.max(axis=1)
-        rowsum = exp_shifted_inplace(s, rmax, inv_tau)  # s now holds exp((s - rmax) / τ)
-        row_lse[lo:hi] = rmax + tau * np.log(rowsum)
-        top = float(rmax.max())
-        weights = np.exp((rmax.astype(np.float64) - top) * inv_tau).astype(np.float32)
-        colsum = (weights @ s).astype(np.float64)
+        rmax, rowsum, ref, colsum = exp_sums(s)  # s now holds exp(s - rmax)
+        row_lse[lo:hi] = rmax + np.log(rowsum)
         part = np.full(n, -np.inf)
         safe = colsum >= _UNDERFLOW_GUARD
-        part[safe] = top + tau * np.log(colsum[safe])
+        part[safe] = ref + np.log(colsum[safe])
         if not safe.all():
             cols = np.flatnonzero(~safe)
-            exact = f[lo:hi] @ g[cols].T
-            cmax = exact.max(axis=0).astype(np.float64)
-            shifted = np.exp((exact.astype(np.float64) - cmax) * inv_tau)
-            part[cols] = cmax + tau * np.log(shifted.sum(axis=0))
-        col_lse = tau * np.logaddexp(col_lse * inv_tau, part * inv_tau)
-    half_diag = 0.5 * diag
-    return diag, 0.5 * row_lse, np.maximum(0.5 * col_lse, half_diag)
+            exact = (f_logit[lo:hi] @ g[cols].T).astype(np.float64)
+            cmax = exact.max(axis=0)
+            part[cols] = cmax + np.log(np.exp(exact - cmax).sum(axis=0))
+        col_lse = np.logaddexp(col_lse, part)
+    # Back from logits to similarity units; R >= s_ii / 2 holds exactly (row) or by the clamp (column).
+    diag *= tau
+    return diag, 0.5 * tau * row_lse, np.maximum(0.5 * tau * col_lse, 0.5 * diag)
