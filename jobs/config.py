@@ -7,6 +7,7 @@ list). A bad key or value raises one :class:`ConfigError` that names the key and
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import re
@@ -388,6 +389,15 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] 
     for item in overrides:
         _apply_override(data, item)
     return from_dict(cls, data)
+
+
+def from_argv(cls: type[T], prog: str, argv: Sequence[str] | None) -> T:
+    """Parse a job's ``--config FILE [--set key=value ...]`` arguments and load ``cls`` from them."""
+    parser = argparse.ArgumentParser(prog=prog, description=f"{prog}: see README.md for the config keys")
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    args = parser.parse_args(argv)
+    return load(cls, args.config, args.set)
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], key: str = "") -> T:

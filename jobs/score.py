@@ -22,7 +22,6 @@ if __name__ == "__main__" and not __package__:
     _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
     _sys.path.insert(0, _os.path.dirname(_here))
 
-import argparse
 import hashlib
 import json
 import math
@@ -38,7 +37,7 @@ from pyspark.sql import functions as F
 
 import jobs
 from jobs import io
-from jobs.config import ConfigError, NormSimConfig, ScoreConfig, load, to_dict
+from jobs.config import ConfigError, NormSimConfig, ScoreConfig, from_argv, to_dict
 from jobs.normsim2d import normsim2_dynamic_survival
 from jobs.schemas import STATUS
 from jobs.session import get_spark
@@ -238,22 +237,15 @@ def _record_run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: ``clipsift score --config score.yaml [--set key=value ...]``."""
-    parser = argparse.ArgumentParser(prog="clipsift score", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="YAML file (see README: score config)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    args = parser.parse_args(argv)
+    """Entry point: ``clipsift score --config score.yaml [--set key=value ...]``; 2 on a bad config or path."""
     try:
-        cfg = load(ScoreConfig, args.config, args.set)
-    except ConfigError as exc:
+        cfg = from_argv(ScoreConfig, "clipsift score", argv)
+        result = run(get_spark(cfg.spark.app_name, cfg.spark.conf), cfg)
+    except (ConfigError, FileNotFoundError) as exc:
         print(f"clipsift score: {exc}", file=sys.stderr)
         return 2
-    spark = get_spark(cfg.spark.app_name, cfg.spark.conf)
-    result = run(spark, cfg)
-    print(
-        f"clipsift score: run {result.run_id}: {result.rows_in} rows in, {result.rows_out} rows out "
-        f"({', '.join(f'{k}={v}' for k, v in sorted(result.by_status.items()))}) in {result.seconds:.1f}s"
-    )
+    statuses = ", ".join(f"{k}={v}" for k, v in sorted(result.by_status.items()))
+    print(f"clipsift score: run {result.run_id}: {result.rows_in} rows in, {result.rows_out} out ({statuses})")
     return 0
 
 

@@ -21,7 +21,6 @@ if __name__ == "__main__" and not __package__:
     _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
     _sys.path.insert(0, _os.path.dirname(_here))
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import io
-from jobs.config import ConfigError, SelectConfig, SelectionConfig, load, to_dict
+from jobs.config import ConfigError, SelectConfig, SelectionConfig, from_argv, to_dict
 from jobs.cutoffs import Cutoff, keep_condition, keep_sql, top_n_cutoff
 from jobs.io import quote_ident, sql_string
 from jobs.schemas import STATUS
@@ -209,18 +208,14 @@ def _record(spark: SparkSession, cfg: SelectConfig, run_id: str, results: Sequen
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: ``clipsift select --config select.yaml [--set key=value ...]``."""
-    parser = argparse.ArgumentParser(prog="clipsift select", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="YAML file (see README: select config)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    args = parser.parse_args(argv)
+    """Entry point: ``clipsift select --config select.yaml [--set key=value ...]``; 2 on a bad config or path."""
     try:
-        cfg = load(SelectConfig, args.config, args.set)
-    except ConfigError as exc:
+        cfg = from_argv(SelectConfig, "clipsift select", argv)
+        results = run(get_spark(cfg.spark.app_name, cfg.spark.conf), cfg)
+    except (ConfigError, FileNotFoundError) as exc:
         print(f"clipsift select: {exc}", file=sys.stderr)
         return 2
-    spark = get_spark(cfg.spark.app_name, cfg.spark.conf)
-    for r in run(spark, cfg):
+    for r in results:
         print(f"clipsift select: {r.view}: {r.rows} of {r.pool_rows} rows ({r.rule})")
     return 0
 
