@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .common import (
+    CpuWatch,
     FreshProcess,
     Ratio,
     Report,
@@ -31,6 +32,7 @@ from .common import (
     negclip_flops,
     plan_batch_sizes,
     proc_status,
+    quiet_note,
     ratio,
     reset_peak_rss,
 )
@@ -135,23 +137,57 @@ def kernel_side_by_side(pool_dir: str, sizes: Sizes) -> list[dict[str, Any]]:
     return [p.result() for p in procs]
 
 
+def _best_kernel(pool_dir: str, sizes: Sizes) -> tuple[dict[str, Any], CpuWatch, int]:
+    """The fastest of ``sizes.heavy_repeats`` kernel runs, each in a fresh process, and its CPU watch."""
+    best: tuple[dict[str, Any], CpuWatch] | None = None
+    for _ in range(max(1, sizes.heavy_repeats)):
+        with CpuWatch() as watch:
+            k = in_fresh_process(kernel_run, pool_dir, sizes)
+        if best is None or k["seconds"] < best[0]["seconds"]:
+            best = (k, watch)
+    assert best is not None
+    return best[0], best[1], max(1, sizes.heavy_repeats)
+
+
+def _best_side_by_side(pool_dir: str, sizes: Sizes) -> tuple[list[dict[str, Any]], float, CpuWatch]:
+    """The fastest of ``sizes.heavy_repeats`` side-by-side runs: (per-process results, span, CPU watch)."""
+    best: tuple[list[dict[str, Any]], float, CpuWatch] | None = None
+    for _ in range(max(1, sizes.heavy_repeats)):
+        with CpuWatch() as watch:
+            parts = kernel_side_by_side(pool_dir, sizes)
+        span = max(p["end"] for p in parts) - min(p["start"] for p in parts)
+        if best is None or span < best[1]:
+            best = (parts, span, watch)
+    assert best is not None
+    return best
+
+
 def run(pool_dir: str | Path, sizes: Sizes, side_by_side: bool = True) -> Report:
-    """Plain matmul, kernel alone (both cores) and kernel as one 1-thread process per shard."""
+    """Plain matmul, kernel alone (both cores) and kernel as one 1-thread process per shard.
+
+    The matmul rate is measured before and after the kernel runs and the better one kept, so a
+    burst of foreign load cannot flatter the kernel's ratio.
+    """
     rep = Report()
-    mm = plain_matmul(sizes)
-    rows = mm["block_rows"]
-    shape = f"({rows}×{sizes.dim}) @ ({sizes.dim}×{sizes.batch_size})"
+    before = plain_matmul(sizes)
+    k, k_watch, reps = _best_kernel(str(pool_dir), sizes)
+    parts: list[dict[str, Any]] = []
+    if side_by_side and sizes.shards > 1:
+        parts, span, sbs_watch = _best_side_by_side(str(pool_dir), sizes)
+    after = plain_matmul(sizes)
+    mm = {key: max(before[key], after[key]) for key in before}
+
+    shape = f"({mm['block_rows']}×{sizes.dim}) @ ({sizes.dim}×{sizes.batch_size})"
     rep.add(
         BENCH,
         MATMUL,
         "throughput",
         mm["gflops_fresh"],
         "GFLOP/s",
-        f"{shape}, fresh output as in the kernel; best of {sizes.repeats}",
+        f"{shape}, fresh output as in the kernel; best of 2×{sizes.repeats}, before and after the kernel",
     )
     rep.add(BENCH, MATMUL_PREALLOC, "throughput", mm["gflops_prealloc"], "GFLOP/s", f"{shape}, out= reused")
 
-    k = in_fresh_process(kernel_run, str(pool_dir), sizes)
     k_gflops = k["flops"] / k["seconds"] / 1e9
     n = len(k["uids"])
     rep.add(
@@ -160,7 +196,8 @@ def run(pool_dir: str | Path, sizes: Sizes, side_by_side: bool = True) -> Report
         "throughput",
         k_gflops,
         "GFLOP/s",
-        f"{n:,} rows, {len(k['batch_sizes'])} batches, {k['flops'] / 1e12:.2f} TFLOP in {k['seconds']:.1f} s",
+        f"{n:,} rows, {len(k['batch_sizes'])} batches, {k['flops'] / 1e12:.2f} TFLOP in {k['seconds']:.1f} s; "
+        f"best of {reps}; {quiet_note(k_watch)}",
     )
     rep.add(BENCH, KERNEL, "rows/s", n * sizes.rounds / k["seconds"], "rows/s", "row-rounds per second")
     rep.add(
@@ -173,8 +210,9 @@ def run(pool_dir: str | Path, sizes: Sizes, side_by_side: bool = True) -> Report
         + ("" if k["peak_exact"] else "; peak not resettable, upper bound"),
     )
     rep.raw["negclip_kernel"] = {key: v for key, v in k.items() if key not in ("uids", "scores")}
+    rep.raw["negclip_kernel"]["others_cores"] = k_watch.others
     rep.raw["negclip_kernel_scores"] = dict(zip(k["uids"], k["scores"], strict=True))
-    rep.raw["plain_matmul"] = mm
+    rep.raw["plain_matmul"] = {"before": before, "after": after}
     rep.ratios.append(
         Ratio(
             "negCLIPLoss kernel / plain matmul (2 threads)",
@@ -185,26 +223,24 @@ def run(pool_dir: str | Path, sizes: Sizes, side_by_side: bool = True) -> Report
         )
     )
 
-    if side_by_side and sizes.shards > 1:
-        parts = kernel_side_by_side(str(pool_dir), sizes)
-        span = max(p["end"] for p in parts) - min(p["start"] for p in parts)
-        flops = sum(p["flops"] for p in parts)
-        gflops = flops / span / 1e9
-        worst = max(p["peak_rss"] - p["rss_before"] for p in parts)
+    if parts:
+        case = f"kernel, {len(parts)} processes × 1 thread, one shard each"
+        gflops = sum(p["flops"] for p in parts) / span / 1e9
         per = ", ".join(f"{p['seconds']:.1f}" for p in parts)
         rep.add(
             BENCH,
-            f"kernel, {len(parts)} processes × 1 thread, one shard each",
+            case,
             "throughput",
             gflops,
             "GFLOP/s",
-            f"span {span:.1f} s (per process {per} s): the ideal of the Spark local[2] layout",
+            f"span {span:.1f} s (per process {per} s), the Spark local[2] layout without Spark; "
+            f"best of {reps}; {quiet_note(sbs_watch)}",
         )
         rep.add(
             BENCH,
-            f"kernel, {len(parts)} processes × 1 thread, one shard each",
+            case,
             "peak RSS increase",
-            worst,
+            max(p["peak_rss"] - p["rss_before"] for p in parts),
             "bytes",
             "largest over the processes",
         )

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import PhaseMemory, ProcessTreeMonitor, Report, Sizes, repo_root
+from .common import PhaseMemory, ProcessTreeMonitor, Report, Sizes, quiet_note, repo_root
 
 BENCH = "Spark local[2]"
 SEED = 0
@@ -167,7 +167,14 @@ def negclip_job(
             start = time.perf_counter()
             result = score.run(spark, cfg)
             times[label] = time.perf_counter() - start
-        rep.add(BENCH, label, "wall time", times[label], "s", f"{result.rows_out:,} rows written to Delta")
+        rep.add(
+            BENCH,
+            label,
+            "wall time",
+            times[label],
+            "s",
+            f"{result.rows_out:,} rows written to Delta; {quiet_note(mem.cpu)}",
+        )
         if negclip:
             rep.add(BENCH, label, "throughput", flops / times[label] / 1e9, "GFLOP/s", "negCLIPLoss FLOPs / whole job")
         _memory_rows(rep, label, mem)
@@ -214,13 +221,22 @@ def negclip_stage(
     n_ok = ok.count()
     n_groups = max(1, math.ceil(n_ok / cfg.negclip.group_rows))
 
-    with monitor.phase() as mem:
-        start = time.perf_counter()
-        ok.transform(negclip_scores, cfg=cfg.negclip, dim=dim, n_groups=n_groups).write.format("noop").mode(
-            "overwrite"
-        ).save()
-        seconds = time.perf_counter() - start
-    rep.add(BENCH, STAGE, "wall time", seconds, "s", f"{n_ok:,} persisted ok rows, grouping shard")
+    runs: list[tuple[float, PhaseMemory]] = []
+    for _ in range(max(1, sizes.heavy_repeats)):
+        with monitor.phase() as mem:
+            start = time.perf_counter()
+            scores = ok.transform(negclip_scores, cfg=cfg.negclip, dim=dim, n_groups=n_groups)
+            scores.write.format("noop").mode("overwrite").save()
+            runs.append((time.perf_counter() - start, mem))
+    seconds, mem = min(runs, key=lambda r: r[0])
+    rep.add(
+        BENCH,
+        STAGE,
+        "wall time",
+        seconds,
+        "s",
+        f"{n_ok:,} persisted ok rows, grouping shard; best of {len(runs)}; {quiet_note(mem.cpu)}",
+    )
     rep.add(BENCH, STAGE, "throughput", flops / seconds / 1e9, "GFLOP/s", "")
     _memory_rows(rep, STAGE, mem)
 
@@ -268,6 +284,8 @@ def negclip_stage(
     )
     rep.raw["negclip_stage"] = {
         "seconds": seconds,
+        "all_seconds": [r[0] for r in runs],
+        "others_cores": mem.cpu.others,
         "transfer_seconds": transfer,
         "rows": n_ok,
         "layout": [r.asDict() for r in layout],
@@ -305,7 +323,14 @@ def normsim_udfs(spark: Any, pool_dir: Path, target_path: Path, sizes: Sizes, mo
             seconds = time.perf_counter() - start
         cached.unpersist()
         case = f"{label}, M = {target.shape[0]:,}, d = {sizes.dim}"
-        rep.add(BENCH, case, "rows/s", n / seconds, "rows/s", f"{n:,} persisted rows in {seconds:.1f} s")
+        rep.add(
+            BENCH,
+            case,
+            "rows/s",
+            n / seconds,
+            "rows/s",
+            f"{n:,} persisted rows in {seconds:.1f} s; {quiet_note(mem.cpu)}",
+        )
         _memory_rows(rep, case, mem)
         rep.raw[f"normsim_{p}_udf"] = {"rows": n, "seconds": seconds}
     return rep

@@ -38,6 +38,7 @@ class Sizes:
         block_rows: kernel similarity block rows; ``None`` = the kernel's default.
         matmul_blocks: ``(block_rows × d) @ (d × B)`` products timed per repeat of the matmul baseline.
         repeats: repeats of the cheap in-process measurements (the best one is kept).
+        heavy_repeats: repeats of the kernel runs and of the Spark negCLIPLoss stage (the best one is kept).
         normsim_targets: M, target rows of NormSim.
         normsim_inf_rows: pool rows scored by NormSim∞ (kernel, and through Spark).
         normsim2_rows: pool rows scored by NormSim₂ in the kernel benchmark.
@@ -53,6 +54,7 @@ class Sizes:
     block_rows: int | None
     matmul_blocks: int
     repeats: int
+    heavy_repeats: int
     normsim_targets: int
     normsim_inf_rows: int
     normsim2_rows: int
@@ -81,6 +83,7 @@ FULL = Sizes(
     block_rows=None,
     matmul_blocks=4,
     repeats=3,
+    heavy_repeats=2,
     normsim_targets=100_000,
     normsim_inf_rows=8192,
     normsim2_rows=65536,
@@ -97,6 +100,7 @@ QUICK = Sizes(
     block_rows=None,
     matmul_blocks=1,
     repeats=2,
+    heavy_repeats=1,
     normsim_targets=10_000,
     normsim_inf_rows=2048,
     normsim2_rows=8192,
@@ -113,6 +117,7 @@ TOY = Sizes(
     block_rows=64,
     matmul_blocks=1,
     repeats=1,
+    heavy_repeats=1,
     normsim_targets=500,
     normsim_inf_rows=200,
     normsim2_rows=400,
@@ -282,6 +287,61 @@ def process_kind(pid: int, tree: dict[int, tuple[int, str]]) -> str:
     return "other"
 
 
+def _busy_jiffies() -> int:
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return user + nice + system + irq + softirq + steal
+
+
+def _tree_jiffies(root: int) -> int:
+    total = 0
+    for pid in [root, *descendants(root)]:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+class CpuWatch:
+    """CPU used by processes outside this process tree (other sessions, other jobs) while a block runs.
+
+    ``others`` is in cores (0 = nothing else ran; 1 = one core's worth of foreign work), so each
+    measurement says whether it was taken on a quiet machine.
+    """
+
+    def __init__(self) -> None:
+        self.others = math.nan
+        self._start: tuple[float, int, int] | None = None
+
+    def __enter__(self) -> CpuWatch:
+        try:
+            self._start = (time.perf_counter(), _busy_jiffies(), _tree_jiffies(os.getpid()))
+        except OSError:
+            self._start = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._start is None:
+            return
+        t0, busy0, mine0 = self._start
+        try:
+            busy, mine = _busy_jiffies() - busy0, _tree_jiffies(os.getpid()) - mine0
+        except OSError:
+            return
+        elapsed = time.perf_counter() - t0
+        if elapsed > 0:
+            self.others = max(0.0, (busy - mine) / os.sysconf("SC_CLK_TCK") / elapsed)
+
+
+def quiet_note(watch: CpuWatch) -> str:
+    """``others 0.1 cores`` for a result's note."""
+    return "" if math.isnan(watch.others) else f"others used {watch.others:.2f} cores"
+
+
 @dataclass
 class PhaseMemory:
     """Peak RSS of each process under the monitored root during one phase."""
@@ -290,6 +350,8 @@ class PhaseMemory:
     kinds: dict[int, str] = field(default_factory=dict)
     exact: bool = True
     """Whether peaks are kernel high-water marks reset at the phase start (else sampled RSS only)."""
+    cpu: CpuWatch = field(default_factory=CpuWatch)
+    """CPU used outside this process tree during the phase."""
 
     def of_kind(self, kind: str) -> list[int]:
         return [v for pid, v in self.peaks.items() if self.kinds.get(pid) == kind]
@@ -349,7 +411,8 @@ class ProcessTreeMonitor:
         with self._lock:
             self._current = result
         try:
-            yield result
+            with result.cpu:
+                yield result
         finally:
             self._sample()
             with self._lock:

@@ -36,6 +36,7 @@ from . import bench_negclip, bench_normsim, bench_spark
 from .common import (
     FULL,
     QUICK,
+    CpuWatch,
     ProcessTreeMonitor,
     Ratio,
     Report,
@@ -72,9 +73,43 @@ def run_suite(
     """
     started = time.time()
     before = machine_info()
+    flops = pool_flops(sizes)
+    with CpuWatch() as whole_run:
+        rep, spark_scores = _measure(sizes, selected, workdir, spark, warm_up, flops)
+    _cross_ratios(rep, spark_scores)
+    kernel_scores = rep.raw.pop("negclip_kernel_scores", {})
+    if spark_scores and kernel_scores:
+        common = set(spark_scores) & set(kernel_scores)
+        diff = max((abs(spark_scores[u] - kernel_scores[u]) for u in common), default=math.nan)
+        rep.add(
+            bench_spark.BENCH,
+            "job scores vs kernel alone",
+            "max abs difference of negclip_loss",
+            diff,
+            "",
+            f"over {len(common):,} common uids (the job normalises in Spark SQL)",
+        )
+    return {
+        "preset": sizes.name,
+        "others_cores": whole_run.others,
+        "sizes": asdict(sizes),
+        "negclip_flops": flops,
+        "benchmarks": list(selected),
+        "machine_start": before,
+        "machine_end": {k: machine_info()[k] for k in ("load_average", "other_java_processes")},
+        "seconds": time.time() - started,
+        "rows": [asdict(r) for r in rep.rows],
+        "ratios": [{**asdict(r), "met": r.met} for r in rep.ratios],
+        "raw": rep.raw,
+    }
+
+
+def _measure(
+    sizes: Sizes, selected: Sequence[str], workdir: Path, spark: Any, warm_up: bool, flops: float
+) -> tuple[Report, dict[str, float]]:
+    """The benchmarks themselves; returns the report and the Spark job's scores by uid (if it ran)."""
     rep = Report()
     pool = bench_spark.write_pool(workdir / "pool", sizes)
-    flops = pool_flops(sizes)
     target = None
     if {"normsim_kernel", "normsim_spark"} & set(selected):
         target = bench_normsim.write_target(workdir / "target.npy", sizes)
@@ -102,31 +137,7 @@ def run_suite(
             if spark is None:
                 session.stop()
 
-    _cross_ratios(rep, spark_scores)
-    kernel_scores = rep.raw.pop("negclip_kernel_scores", {})
-    if spark_scores and kernel_scores:
-        common = set(spark_scores) & set(kernel_scores)
-        diff = max((abs(spark_scores[u] - kernel_scores[u]) for u in common), default=math.nan)
-        rep.add(
-            bench_spark.BENCH,
-            "job scores vs kernel alone",
-            "max abs difference of negclip_loss",
-            diff,
-            "",
-            f"over {len(common):,} common uids (the job normalises in Spark SQL)",
-        )
-    return {
-        "preset": sizes.name,
-        "sizes": asdict(sizes),
-        "negclip_flops": flops,
-        "benchmarks": list(selected),
-        "machine_start": before,
-        "machine_end": {k: machine_info()[k] for k in ("load_average", "other_java_processes")},
-        "seconds": time.time() - started,
-        "rows": [asdict(r) for r in rep.rows],
-        "ratios": [{**asdict(r), "met": r.met} for r in rep.ratios],
-        "raw": rep.raw,
-    }
+    return rep, spark_scores
 
 
 def _cross_ratios(rep: Report, spark_scores: dict[str, float]) -> None:
@@ -195,7 +206,8 @@ def render_markdown(doc: dict[str, Any], command: str) -> str:
         f"- BLAS: {blas_txt}; BLAS/OpenMP environment: {env}",
         f"- other Java processes (concurrent Spark) at start / end: {m['other_java_processes']} / "
         f"{doc['machine_end']['other_java_processes']}; load average at start / end: "
-        f"{m['load_average'][0]} / {doc['machine_end']['load_average'][0]}",
+        f"{m['load_average'][0]} / {doc['machine_end']['load_average'][0]}; CPU used by other processes "
+        f"over the run: {doc['others_cores']:.2f} cores on average (each measurement's own figure is in its note)",
         f"- sizes: d = {s['dim']}, B = {s['batch_size']:,}, {s['shards']} shards × {s['rows_per_shard']:,} rows, "
         f"K = {s['rounds']}, τ = {s['tau']}, negCLIPLoss work {doc['negclip_flops'] / 1e12:.2f} TFLOP "
         f"(K·Σ 2·B_b²·d); NormSim M = {s['normsim_targets']:,}",
