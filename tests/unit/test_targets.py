@@ -1,0 +1,53 @@
+"""NormSim target files (jobs.io.load_target): .npy, .npz and .pt, normalised on load. No Spark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jobs.io import load_target
+
+torch = pytest.importorskip("torch")
+
+
+def _rows(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(20, 8)).astype(np.float32) * 3
+
+
+def test_pt_tensor_and_dict(tmp_path: Path) -> None:
+    rows = _rows()
+    torch.save(torch.from_numpy(rows), tmp_path / "t.pt")
+    torch.save({"image_features": torch.from_numpy(rows), "labels": torch.arange(20)}, tmp_path / "d.pt")
+    expected = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    plain = load_target("t", str(tmp_path / "t.pt"))
+    keyed = load_target("d", str(tmp_path / "d.pt"), key="image_features")
+    np.testing.assert_allclose(plain.matrix, expected, rtol=1e-6)
+    np.testing.assert_allclose(keyed.matrix, expected, rtol=1e-6)
+    assert plain.sha256 != keyed.sha256 and len(plain.sha256) == 64
+    with pytest.raises(ValueError, match=r"set normsim\.targets"):
+        load_target("d", str(tmp_path / "d.pt"))
+    with pytest.raises(ValueError, match="no array 'nope'"):
+        load_target("d", str(tmp_path / "d.pt"), key="nope")
+
+
+def test_bad_rows_are_dropped_and_counted(tmp_path: Path) -> None:
+    rows = _rows(1)
+    rows[3] = 0.0
+    rows[5, 2] = np.nan
+    np.save(tmp_path / "t.npy", rows)
+    target = load_target("t", str(tmp_path / "t.npy"))
+    assert target.matrix.shape == (18, 8) and target.rows_dropped == 2
+    np.testing.assert_allclose(np.linalg.norm(target.matrix, axis=1), 1.0, rtol=1e-6)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="normsim target 'gone'"):
+        load_target("gone", str(tmp_path / "gone.npy"))
+    np.save(tmp_path / "flat.npy", np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match=r"2-D"):
+        load_target("flat", str(tmp_path / "flat.npy"))
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="does not hold a tensor"):
+        load_target("list", str(tmp_path / "list.pt"))
