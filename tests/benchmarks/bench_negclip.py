@@ -43,6 +43,7 @@ SEED = 0
 MATMUL = "plain matmul, numpy float32, 2 threads"
 MATMUL_PREALLOC = "plain matmul into preallocated output"
 KERNEL = "kernel alone, 1 process, 2 threads"
+GROUP_FN = "job's group function on one shard (udfs.score.negclip_group_fn)"
 
 
 def _unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -130,6 +131,57 @@ def kernel_run(pool_dir: str, sizes: Sizes, shards: list[int] | None = None) -> 
     }
 
 
+def group_fn_run(pool_dir: str, sizes: Sizes, rows_per_batch: int = 10_000) -> dict[str, Any]:
+    """The job's grouped-map function (:func:`udfs.score.negclip_group_fn`) on shard 0, as Spark hands it over.
+
+    The shard arrives as an Arrow table of ``rows_per_batch``-row record batches (Spark's default
+    ``arrow.maxRecordsPerBatch``) in file order; returns seconds and the peak RSS increase of the call
+    (Arrow in, uid sort, kernel, Arrow out): the memory a Python worker needs beyond its baseline.
+    Call it in a fresh process.
+    """
+    import pyarrow as pa
+
+    from udfs.arrow import from_matrix
+    from udfs.score import negclip_group_fn
+
+    uids, img, txt = load_shards(pool_dir, sizes.dim)[0]
+    n = len(uids)
+    batches = [
+        pa.RecordBatch.from_arrays(
+            [
+                pa.array(uids[lo : lo + rows_per_batch]),
+                from_matrix(img[lo : lo + rows_per_batch]),
+                from_matrix(txt[lo : lo + rows_per_batch]),
+                pa.array(["0"] * min(rows_per_batch, n - lo)),
+            ],
+            names=["uid", "image_emb", "text_emb", "_group"],
+        )
+        for lo in range(0, n, rows_per_batch)
+    ]
+    table = pa.Table.from_batches(batches)
+    del uids, img, txt, batches
+    fn = negclip_group_fn(
+        rounds=sizes.rounds,
+        batch_size=sizes.batch_size,
+        tau=sizes.tau,
+        seed=SEED,
+        dim=sizes.dim,
+        block_rows=sizes.block_rows,
+    )
+    before = proc_status().get("VmRSS", 0)
+    exact = reset_peak_rss()
+    start = time.perf_counter()
+    out = fn(table)
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "rows": out.num_rows,
+        "rss_before": before,
+        "peak_rss": proc_status().get("VmHWM", 0),
+        "peak_exact": exact,
+    }
+
+
 def kernel_side_by_side(pool_dir: str, sizes: Sizes) -> list[dict[str, Any]]:
     """One single-threaded process per shard, all at once (the Spark ``local[2]`` task layout)."""
     single = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -174,6 +226,7 @@ def run(pool_dir: str | Path, sizes: Sizes, side_by_side: bool = True) -> Report
     parts: list[dict[str, Any]] = []
     if side_by_side and sizes.shards > 1:
         parts, span, sbs_watch = _best_side_by_side(str(pool_dir), sizes)
+    group = in_fresh_process(group_fn_run, str(pool_dir), sizes)
     after = plain_matmul(sizes)
     mm = {key: max(before[key], after[key]) for key in before}
 
@@ -222,6 +275,16 @@ def run(pool_dir: str | Path, sizes: Sizes, side_by_side: bool = True) -> Report
             "plain matmul GFLOP/s",
         )
     )
+
+    rep.add(
+        BENCH,
+        GROUP_FN,
+        "peak RSS increase",
+        group["peak_rss"] - group["rss_before"],
+        "bytes",
+        f"{group['rows']:,} rows (one shard) in {group['seconds']:.1f} s; Arrow in, uid sort, kernel, Arrow out",
+    )
+    rep.raw["negclip_group_fn"] = group
 
     if parts:
         case = f"kernel, {len(parts)} processes × 1 thread, one shard each"
