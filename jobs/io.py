@@ -99,15 +99,16 @@ def read_datacomp(spark: SparkSession, path: str, arch: str, rows_per_batch: int
     ``load_error``; an unreadable parquet gives one row with a null uid saying so.
     """
     shards = list_datacomp_shards(path)
-    paths = spark.createDataFrame([(p,) for p in shards], "shard_path string").repartition(len(shards))
     img_key, txt_key = f"{arch}_img", f"{arch}_txt"
 
     def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            for shard_path in batch.column(0).to_pylist():
-                yield from _read_shard(shard_path, img_key, txt_key, rows_per_batch)
+            for index in batch.column(0).to_pylist():
+                yield from _read_shard(shards[index], img_key, txt_key, rows_per_batch)
 
-    return paths.mapInArrow(read, POOL_DDL)
+    # spark.range with one partition per shard: exactly one shard per task (a repartition of the
+    # paths would deal them round-robin from a random start, several to a task).
+    return spark.range(0, len(shards), 1, numPartitions=len(shards)).mapInArrow(read, POOL_DDL)
 
 
 def _read_shard(shard_path: str, img_key: str, txt_key: str, rows_per_batch: int) -> Iterator[pa.RecordBatch]:

@@ -93,10 +93,9 @@ def negclip_group_fn(
     def negclip_group(table: pa.Table) -> pa.Table:
         uids = np.asarray(table.column("uid").to_pylist(), dtype=object)
         order = np.argsort(uids.astype(str), kind="stable")
-        table = table.take(pa.array(order))
         sorted_uids = [str(u) for u in uids[order]]
-        img = to_matrix(table.column("image_emb"), dim)
-        txt = to_matrix(table.column("text_emb"), dim)
+        img = to_matrix(table.column("image_emb"), dim)[order]
+        txt = to_matrix(table.column("text_emb"), dim)[order]
         plan = batch_plan(sorted_uids, rounds, batch_size, seed)
         parts = negclip_loss(img, txt, plan, tau=tau, return_parts=True, block_rows=block_rows)
         assert isinstance(parts, dict)
