@@ -100,7 +100,12 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
     scored = scored.drop("image_emb", "text_emb")
     if cfg.negclip.enabled and n_ok:
         n_groups = max(1, math.ceil(n_ok / cfg.negclip.group_rows))
-        parts = ok.transform(negclip_scores, cfg=cfg.negclip, dim=dim, n_groups=n_groups)
+        if cfg.negclip.grouping == "shard":
+            groups = sorted(r["source"] for r in ok.select("source").distinct().collect())  # one per shard
+        else:
+            groups = [str(i) for i in range(n_groups)]
+        keys = one_partition_keys(spark, groups)
+        parts = ok.transform(negclip_scores, cfg=cfg.negclip, dim=dim, n_groups=n_groups, partition_keys=keys)
         scored = scored.join(parts, on="uid", how="left")
     if cfg.normsim2_dynamic.enabled and n_ok:
         survived = normsim2_dynamic_survival(
@@ -128,6 +133,22 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
     if rows_out != rows_in:
         raise RuntimeError(f"run {run_id}: {rows_in} rows read but {rows_out} written; the table was left as written")
     return ScoreResult(run_id=run_id, rows_in=rows_in, rows_out=rows_out, by_status=by_status, seconds=seconds)
+
+
+def one_partition_keys(spark: SparkSession, groups: Sequence[str]) -> dict[str, int] | None:
+    """For each group, a long key that ``repartition(len(groups), key)`` sends to a partition of its own.
+
+    Spark places a row in partition ``pmod(hash(key), n)``; the same expression, evaluated by Spark on
+    candidate keys, finds one key per partition. None when some partition gets no candidate.
+    """
+    n = len(groups)
+    if n == 0:
+        return None
+    probe = spark.range(0, 64 * n).select("id", F.pmod(F.hash("id"), F.lit(n)).alias("p"))
+    first = {int(r["p"]): int(r["k"]) for r in probe.groupBy("p").agg(F.min("id").alias("k")).collect()}
+    if len(first) < n:
+        return None
+    return {g: first[i] for i, g in enumerate(groups)}
 
 
 def derive_run_id(cfg: ScoreConfig, lineage: dict[str, object]) -> str:

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from importlib import metadata
 
+import pandas  # noqa: F401  # imported up front: pyspark imports it lazily, and a late first import failed mid-run
 from pyspark.sql import SparkSession
 
 #: Folder (or glob) of the Delta jars; set by `make setup`. Without it the jars come from spark.jars.packages.

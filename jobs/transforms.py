@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -98,14 +98,27 @@ def negclip_groups(df: DataFrame, *, cfg: NegClipConfig, n_groups: int) -> Colum
     return F.pmod(F.xxhash64(F.col("uid"), F.lit(cfg.seed)), F.lit(n_groups)).cast("string")
 
 
-def negclip_scores(df: DataFrame, *, cfg: NegClipConfig, dim: int, n_groups: int) -> DataFrame:
-    """``uid, negclip_loss, negclip_r_i2t, negclip_r_t2i`` of ``ok`` rows, one Arrow task per group."""
+def negclip_scores(
+    df: DataFrame, *, cfg: NegClipConfig, dim: int, n_groups: int, partition_keys: Mapping[str, int] | None = None
+) -> DataFrame:
+    """``uid, negclip_loss, negclip_r_i2t, negclip_r_t2i`` of ``ok`` rows, one Arrow task per group.
+
+    Args:
+        partition_keys: group name -> a key that Spark's hash partitioning sends to a partition of its
+            own (:func:`jobs.score.one_partition_keys`); then every group has a task to itself. Without
+            it groups are hashed into shuffle partitions and two groups may share a task.
+    """
     fn = negclip_group_fn(
         rounds=cfg.rounds, batch_size=cfg.batch_size, tau=cfg.tau, seed=cfg.seed, dim=dim, block_rows=cfg.block_rows
     )
+    rows = df.select("uid", "image_emb", "text_emb", negclip_groups(df, cfg=cfg, n_groups=n_groups).alias("_group"))
+    if not partition_keys:
+        return rows.groupBy("_group").applyInArrow(fn, NEGCLIP_DDL)
+    keys = F.create_map(*[F.lit(x) for g, k in partition_keys.items() for x in (g, k)])
     return (
-        df.select("uid", "image_emb", "text_emb", negclip_groups(df, cfg=cfg, n_groups=n_groups).alias("_group"))
-        .groupBy("_group")
+        rows.withColumn("_key", keys[F.col("_group")].cast("long"))
+        .repartition(len(partition_keys), "_key")
+        .groupBy("_key")
         .applyInArrow(fn, NEGCLIP_DDL)
     )
 
