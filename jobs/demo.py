@@ -27,6 +27,7 @@ SPARK_CONF = {
     "spark.ui.showConsoleProgress": "false",
     "spark.databricks.delta.snapshotPartitions": "2",
     "spark.driver.memory": "4g",
+    "spark.log.level": "ERROR",
 }
 
 
@@ -118,7 +119,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     score_cfg = load(ScoreConfig, score_path)
     spark = get_spark(score_cfg.spark.app_name, score_cfg.spark.conf)
-    spark.sparkContext.setLogLevel("ERROR")
     result = score.run(spark, score_cfg)
     statuses = ", ".join(f"{k}={v}" for k, v in sorted(result.by_status.items()))
     print(f"clipsift demo: scored {result.rows_out} of {result.rows_in} rows ({statuses}) as run "

@@ -311,9 +311,9 @@ def stage_target(target: Target, staging_dir: str) -> str:
     os.makedirs(staging_dir, exist_ok=True)
     out = os.path.join(staging_dir, f"{target.name}-{target.sha256[:16]}.npy")
     if not os.path.exists(out):
-        tmp = out + f".tmp{os.getpid()}"
+        tmp = f"{out[: -len('.npy')]}.tmp{os.getpid()}.npy"
         np.save(tmp, target.matrix)
-        os.replace(tmp + ".npy" if not tmp.endswith(".npy") and os.path.exists(tmp + ".npy") else tmp, out)
+        os.replace(tmp, out)
     return out
 
 

@@ -33,7 +33,7 @@ from pyspark.sql import functions as F
 
 from jobs import io
 from jobs.config import ConfigError, SelectConfig, SelectionConfig, from_argv, to_dict
-from jobs.cutoffs import Cutoff, keep_condition, keep_sql, top_n_cutoff
+from jobs.cutoffs import Cutoff, keep_condition, keep_sql, sql_double, top_n_cutoff
 from jobs.io import quote_ident, sql_string
 from jobs.schemas import STATUS
 from jobs.session import get_spark
@@ -114,9 +114,9 @@ def _render(
         col = quote_ident(sel.column)
         parts = [f"{col} IS NOT NULL"]
         if sel.min is not None:
-            parts.append(f"{col} >= {_double(sel.min)}")
+            parts.append(f"{col} >= {sql_double(sel.min)}")
         if sel.max is not None:
-            parts.append(f"{col} <= {_double(sel.max)}")
+            parts.append(f"{col} <= {sql_double(sel.max)}")
         return " AND ".join(parts), source, {"min": sel.min, "max": sel.max}
     if sel.rule == "top_fraction":
         assert sel.column is not None and sel.fraction is not None
@@ -151,12 +151,6 @@ def _render(
     members = [f"`uid` IN (SELECT `uid` FROM {views[name]})" for name in sel.of]
     joiner = " AND " if sel.rule == "intersect" else " OR "
     return joiner.join(members), source, {"of": list(sel.of)}
-
-
-def _double(value: float) -> str:
-    from jobs.cutoffs import sql_double
-
-    return sql_double(value)
 
 
 def _cut(cut: Cutoff | None) -> dict[str, object] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 from pyspark.sql import Column, DataFrame, Window
@@ -125,8 +126,6 @@ def negclip_scores(
 
 def with_lineage(df: DataFrame, *, run_id: str, lineage: dict[str, object]) -> DataFrame:
     """Add ``run_id`` and the ``lineage`` struct (teacher, τ, B, K, seed, grouping, targets, code version)."""
-    import json
-
     return df.withColumn("run_id", F.lit(run_id)).withColumn(
         "lineage", F.from_json(F.lit(json.dumps(lineage)), LINEAGE_DDL)
     )

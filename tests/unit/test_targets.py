@@ -51,3 +51,14 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="does not hold a tensor"):
         load_target("list", str(tmp_path / "list.pt"))
+
+
+def test_stage_target_writes_once_for_workers_to_map(tmp_path: Path) -> None:
+    from jobs.io import stage_target
+
+    np.save(tmp_path / "t.npy", _rows(2))
+    target = load_target("t", str(tmp_path / "t.npy"))
+    staged = stage_target(target, str(tmp_path / "stage"))
+    assert stage_target(target, str(tmp_path / "stage")) == staged
+    assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == [Path(staged).name]
+    np.testing.assert_array_equal(np.load(staged, mmap_mode="r"), target.matrix)
