@@ -93,6 +93,8 @@ class InputConfig:
     """table: column naming the shard of each row (for ``negclip.grouping: shard``)."""
     dim: int | None = None
     """Expected embedding dimension; default: 768 for l14, 512 for b32, else taken from the first row."""
+    model: str | None = None
+    """table: the ``model_id`` whose rows to score, when the table holds several (``clipsift embed`` output)."""
 
     def validate(self, key: str) -> None:
         if self.kind == "datacomp":
@@ -100,6 +102,8 @@ class InputConfig:
                 raise ConfigError(f"{key}.path", "datacomp input needs the folder holding the shard parquet + npz")
             if self.table:
                 raise ConfigError(f"{key}.table", "not used for datacomp input; remove it")
+            if self.model:
+                raise ConfigError(f"{key}.model", "not used for datacomp input (the teacher is input.arch); remove it")
         else:
             if (self.table is None) == (self.path is None):
                 raise ConfigError(key, "table input needs exactly one of 'table' (catalog name) or 'path'")
@@ -360,6 +364,131 @@ class SelectConfig:
             raise ConfigError(_join(key, "view_prefix"), "use letters, digits and _ only")
         if self.view_schema is not None and not _TABLE_NAME.match(self.view_schema):
             raise ConfigError(_join(key, "view_schema"), f"'{self.view_schema}' is not a [catalog.]schema name")
+
+
+# --------------------------------------------------------------------------------------------------
+# Embed job
+
+
+@dataclass(frozen=True)
+class EmbedInputConfig:
+    """Where the image-caption pairs come from."""
+
+    kind: Literal["webdataset", "table"] = "webdataset"
+    path: str | None = None
+    """webdataset: a folder of ``.tar`` shards (or one ``.tar``); table: the table's storage path."""
+    table: str | None = None
+    """table: catalog name (instead of ``path``)."""
+    format: Literal["delta", "parquet"] = "delta"
+    """table: storage format when read by path."""
+    uid_col: str = "uid"
+    caption_col: str = "caption"
+    image_col: str | None = None
+    """table: column of image bytes (give this or ``image_path_col``)."""
+    image_path_col: str | None = None
+    """table: column of image paths/URIs (local, ``dbfs:/``, ``/Volumes/``, ``s3a://``, ``gs://``, ``hdfs://``)."""
+    image_extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
+    """webdataset: member extensions taken as the sample's image (first match in this order)."""
+
+    def validate(self, key: str) -> None:
+        if self.kind == "webdataset":
+            if not self.path:
+                raise ConfigError(f"{key}.path", "webdataset input needs the folder of .tar shards")
+            for name in ("table", "image_col", "image_path_col"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{key}.{name}", "not used for webdataset input; remove it")
+            return
+        if (self.table is None) == (self.path is None):
+            raise ConfigError(key, "table input needs exactly one of 'table' (catalog name) or 'path'")
+        if self.table is not None and not _TABLE_NAME.match(self.table):
+            raise ConfigError(f"{key}.table", f"'{self.table}' is not a [catalog.]schema.table name")
+        if (self.image_col is None) == (self.image_path_col is None):
+            raise ConfigError(key, "table input needs exactly one of 'image_col' (bytes) or 'image_path_col' (paths)")
+
+    @property
+    def label(self) -> str:
+        return self.table if self.table is not None else str(self.path)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The open_clip teacher (see README "Models")."""
+
+    name: str
+    """open_clip model name (``ViT-L-14``), ``hf-hub:org/repo``, ``local-dir:/path``, or a custom config's name."""
+    pretrained: str | None = None
+    """Pretrained tag (``openai``), a local checkpoint file (weights only), or null for seeded random weights."""
+    config_json: str | None = None
+    """Path of a custom model config JSON; it is registered under ``name``."""
+    cache_dir: str | None = None
+    """Where hub weights are kept (a path every executor reads, e.g. ``/Volumes/...``)."""
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """GPU autocast dtype (``auto`` = bf16); CPU always runs fp32."""
+    seed: int = 0
+    threads: int | None = None
+    """torch threads per Python worker on CPU (default: torch's own)."""
+
+    def validate(self, key: str) -> None:
+        if not self.name:
+            raise ConfigError(f"{key}.name", "give an open_clip model name, e.g. ViT-B-32")
+        if not re.match(r"^(auto|cpu|cuda(:[0-9]+)?)$", self.device):
+            raise ConfigError(f"{key}.device", f"'{self.device}' is not one of auto, cpu, cuda, cuda:N")
+        if self.config_json is not None and not Path(self.config_json).is_file():
+            raise ConfigError(f"{key}.config_json", f"file '{self.config_json}' does not exist")
+        if self.threads is not None:
+            _positive(f"{key}.threads", self.threads)
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """Batching, decoding limits, output dtype and commit size."""
+
+    image_batch_size: int = 256
+    text_batch_size: int = 1024
+    decode_threads: int = 4
+    prefetch_batches: int = 2
+    max_pixels: int = 50_000_000
+    """Images with more pixels are rejected from their header (``too_many_pixels``), before decoding."""
+    max_aspect_ratio: float = 200.0
+    max_caption_chars: int = 4096
+    dtype: Literal["float32", "float16"] = "float32"
+    """``float16`` halves storage: embeddings become little-endian half-float ``binary`` columns."""
+    shards_per_commit: int = 8
+    """webdataset: tar shards per Delta commit (work committed survives a crash)."""
+    rows_per_commit: int = 200_000
+    """table input: rows per Delta commit."""
+    retry_failed: bool = True
+    """Re-embed rows that failed for reasons that may pass (unreadable file, encoder error)."""
+    log_every_rows: int = 10_000
+
+    def validate(self, key: str) -> None:
+        for name in (
+            "image_batch_size", "text_batch_size", "decode_threads", "prefetch_batches", "max_pixels",
+            "max_caption_chars", "shards_per_commit", "rows_per_commit", "log_every_rows",
+        ):  # fmt: skip
+            _positive(f"{key}.{name}", getattr(self, name))
+        if self.max_aspect_ratio < 1:
+            raise ConfigError(f"{key}.max_aspect_ratio", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """``clipsift embed``: image-caption pairs in, a Delta table of unit embeddings per (uid, model) out."""
+
+    input: EmbedInputConfig
+    model: ModelConfig
+    output: TableRef
+    embed: EmbedOptions = EmbedOptions()
+    spark: SparkSettings = SparkSettings()
+
+    def validate(self, key: str = "") -> None:
+        self.input.validate(_join(key, "input"))
+        self.model.validate(_join(key, "model"))
+        self.output.validate(_join(key, "output"))
+        if self.output.format != "delta":
+            raise ConfigError(_join(key, "output.format"), "embeddings are always written as Delta; remove the key")
+        self.embed.validate(_join(key, "embed"))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,9 +8,13 @@ Writes: the score table and its runs table (Delta, one partition per run id, re-
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io as _stdio
+import json
 import os
+import re
+import tarfile
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,11 +25,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.config import InputConfig, TableRef
+from jobs.config import ConfigError, EmbedInputConfig, InputConfig, TableRef
 from jobs.schemas import POOL_ARROW, POOL_DDL, STATUS
+from udfs.arrow import half_columns_fn
 
 # --------------------------------------------------------------------------------------------------
 # Paths and SQL names
@@ -201,16 +206,44 @@ def read_table(spark: SparkSession, cfg: InputConfig) -> DataFrame:
             f"input '{cfg.label}' has no column {missing[0]!r} (columns: {', '.join(df.columns)}); "
             "set input.uid_col / image_col / text_col / shard_col"
         )
+    df = _one_model(df, cfg)
     source = F.col(cfg.shard_col).cast("string") if cfg.shard_col else F.lit(cfg.label)
-    return df.select(
+    types = dict(df.dtypes)
+    pairs = (("image_emb", cfg.image_col), ("text_emb", cfg.text_col))
+    half = tuple(name for name, col in pairs if types[col] == "binary")
+
+    def embedding(col: str) -> Column:
+        return F.col(col) if types[col] == "binary" else F.col(col).cast("array<float>")
+
+    pool = df.select(
         F.col(cfg.uid_col).cast("string").alias("uid"),
         source.alias("source"),
         F.lit(None).cast("long").alias("source_row"),
-        F.col(cfg.image_col).cast("array<float>").alias("image_emb"),
-        F.col(cfg.text_col).cast("array<float>").alias("text_emb"),
+        embedding(cfg.image_col).alias("image_emb"),
+        embedding(cfg.text_col).alias("text_emb"),
         F.lit(None).cast("string").alias("load_status"),
         F.lit(None).cast("string").alias("load_error"),
     )
+    # float16 embeddings (clipsift embed's dtype: float16) are stored as binary: widen them on the executors.
+    return pool.mapInArrow(half_columns_fn(half), POOL_DDL) if half else pool
+
+
+def _one_model(df: DataFrame, cfg: InputConfig) -> DataFrame:
+    """Keep the rows of ``input.model`` of a table that holds several models' embeddings."""
+    if "model_id" not in df.columns:
+        if cfg.model is not None:
+            raise ConfigError("input.model", f"input '{cfg.label}' has no model_id column; remove input.model")
+        return df
+    if cfg.model is not None:
+        return df.where(F.col("model_id") == cfg.model)
+    models = [r["model_id"] for r in df.select("model_id").distinct().limit(3).collect()]
+    if len(models) > 1:
+        raise ConfigError(
+            "input.model",
+            f"input '{cfg.label}' holds embeddings of several models ({', '.join(map(str, models))}, ...); "
+            "set input.model to the model_id to score",
+        )
+    return df
 
 
 def read_pool(spark: SparkSession, cfg: InputConfig) -> DataFrame:
@@ -218,6 +251,201 @@ def read_pool(spark: SparkSession, cfg: InputConfig) -> DataFrame:
     if cfg.kind == "datacomp":
         return read_datacomp(spark, str(cfg.path), cfg.arch)
     return read_table(spark, cfg)
+
+
+# --------------------------------------------------------------------------------------------------
+# Image-caption pairs (embed job)
+
+#: Rows of image-caption pairs as the embed job's readers produce them.
+PAIRS_DDL = (
+    "uid string, caption binary, image binary, image_path string, source string, source_row long, "
+    "load_status string, load_error string"
+)
+PAIRS_ARROW = pa.schema(
+    [
+        ("uid", pa.string()),
+        ("caption", pa.binary()),
+        ("image", pa.binary()),
+        ("image_path", pa.string()),
+        ("source", pa.string()),
+        ("source_row", pa.int64()),
+        ("load_status", pa.string()),
+        ("load_error", pa.string()),
+    ]
+)
+_WDS_KEY = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
+
+
+def list_webdataset_shards(path: str) -> list[str]:
+    """The ``.tar`` shards of a folder (sorted), or the one ``.tar`` given."""
+    fs, root = arrow_path(path)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"input.path '{path}' does not exist")
+    if info.type == pafs.FileType.File:
+        return [path]
+    selector = pafs.FileSelector(root, recursive=False)
+    files = sorted(i.path for i in fs.get_file_info(selector) if i.path.endswith(".tar"))
+    if not files:
+        raise FileNotFoundError(f"input.path '{path}' holds no .tar shards")
+    prefix = path.rstrip("/") if "://" in path else None
+    return [f"{prefix}/{Path(f).name}" if prefix else f for f in files]
+
+
+def read_webdataset(
+    spark: SparkSession,
+    shards: Sequence[str],
+    image_extensions: Sequence[str],
+    keys_only: bool = False,
+    rows_per_batch: int = 256,
+) -> DataFrame:
+    """Read WebDataset tar shards (img2dataset's layout) as rows of :data:`PAIRS_DDL`, one task per shard.
+
+    A sample is the run of members sharing a key (``dir/000123.jpg``, ``.txt``, ``.json``): the image
+    is the first member with one of ``image_extensions``, the caption the ``.txt`` bytes, the uid the
+    ``.json``'s ``uid`` (else the key). A sample without an image keeps its row (a null image); an
+    unreadable or broken tar gives the samples read so far plus one row with a null uid and
+    ``load_status = unreadable_shard``. ``keys_only`` skips image and caption bytes (headers and
+    ``.json`` members only), for a cheap pass over the uids.
+    """
+    paths = list(shards)
+    exts = tuple(e.lower().lstrip(".") for e in image_extensions)
+
+    def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for index in batch.column(0).to_pylist():
+                yield from _read_tar(paths[index], exts, keys_only, rows_per_batch)
+
+    return spark.range(0, len(paths), 1, numPartitions=max(1, len(paths))).mapInArrow(read, PAIRS_DDL)
+
+
+def _read_tar(path: str, exts: tuple[str, ...], keys_only: bool, rows_per_batch: int) -> Iterator[pa.RecordBatch]:
+    rows: list[dict[str, Any]] = []
+    ordinal = 0
+
+    def flush() -> pa.RecordBatch:
+        batch = pa.RecordBatch.from_pylist(rows, schema=PAIRS_ARROW)
+        rows.clear()
+        return batch
+
+    def sample_row(key: str, members: dict[str, bytes | None]) -> dict[str, Any]:
+        uid, errors = key, []
+        if "json" in members:
+            try:
+                meta = json.loads(members["json"] or b"{}")
+                found = meta.get("uid") if isinstance(meta, dict) else None
+                if isinstance(found, str) and found:
+                    uid = found
+                elif found is not None:
+                    errors.append(f"{key}.json has a uid that is not a string ({found!r}); the key is used as uid")
+            except (ValueError, UnicodeDecodeError) as exc:
+                errors.append(f"{key}.json is not valid JSON ({exc}); the key is used as uid")
+        image_ext = next((e for e in exts if e in members), None)
+        if image_ext is None:
+            names = ", ".join(sorted(members))
+            errors.append(f"sample '{key}' has no image member ({', '.join(exts)}); members: {names}")
+        error = "; ".join(errors) or None
+        return {
+            "uid": uid,
+            "caption": members.get("txt"),
+            "image": members.get(image_ext) if image_ext else None,
+            "image_path": None,
+            "source": path,
+            "source_row": ordinal,
+            "load_status": None,
+            "load_error": error,
+        }
+
+    try:
+        fs, local = arrow_path(path)
+        with fs.open_input_file(local) as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
+            key: str | None = None
+            members: dict[str, bytes | None] = {}
+            for info in tar:
+                if not info.isfile():
+                    continue
+                m = _WDS_KEY.match(info.name)
+                if m is None:
+                    continue
+                member_key, ext = m.group(1), m.group(2).lower()
+                if member_key != key:
+                    if key is not None:
+                        rows.append(sample_row(key, members))
+                        ordinal += 1
+                        if len(rows) >= rows_per_batch:
+                            yield flush()
+                    key, members = member_key, {}
+                wanted = ext == "json" or (not keys_only and (ext == "txt" or ext in exts))
+                if wanted and ext not in members:
+                    f = tar.extractfile(info)
+                    members[ext] = f.read() if f is not None else None
+                else:
+                    members.setdefault(ext, None)
+            # tarfile stops quietly at a header cut short: a whole archive ends with a zero block.
+            stream = tar.fileobj
+            stream.seek(tar.offset)
+            end = stream.read(512)
+            if len(end) < 512 or end.count(0) != 512:
+                raise tarfile.ReadError(f"no end-of-archive block at byte {tar.offset}: the shard is truncated")
+            if key is not None:
+                rows.append(sample_row(key, members))
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        if rows:
+            yield flush()
+        broken = {
+            "uid": None, "caption": None, "image": None, "image_path": None, "source": path,
+            "source_row": None, "load_status": STATUS.UNREADABLE_SHARD,
+            "load_error": f"cannot read tar shard {path} after {ordinal} samples: {type(exc).__name__}: {exc}",
+        }  # fmt: skip
+        rows.append(broken)
+    if rows:
+        yield flush()
+
+
+def read_pairs_table(spark: SparkSession, cfg: EmbedInputConfig) -> DataFrame:
+    """An image-caption table (bytes or paths) as rows of :data:`PAIRS_DDL`."""
+    df = spark.read.table(cfg.table) if cfg.table is not None else spark.read.format(cfg.format).load(cfg.path)
+    wanted = [c for c in (cfg.uid_col, cfg.caption_col, cfg.image_col, cfg.image_path_col) if c]
+    missing = [c for c in wanted if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"input '{cfg.label}' has no column {missing[0]!r} (columns: {', '.join(df.columns)}); "
+            "set input.uid_col / caption_col / image_col / image_path_col"
+        )
+    caption_type = dict(df.dtypes)[cfg.caption_col]
+    caption = F.col(cfg.caption_col)
+    caption = caption if caption_type == "binary" else caption.cast("string").cast("binary")
+    image = F.col(cfg.image_col).cast("binary") if cfg.image_col else F.lit(None).cast("binary")
+    image_path = F.col(cfg.image_path_col).cast("string") if cfg.image_path_col else F.lit(None).cast("string")
+    return df.select(
+        F.col(cfg.uid_col).cast("string").alias("uid"),
+        caption.alias("caption"),
+        image.alias("image"),
+        image_path.alias("image_path"),
+        F.lit(cfg.label).alias("source"),
+        F.lit(None).cast("long").alias("source_row"),
+        F.lit(None).cast("string").alias("load_status"),
+        F.lit(None).cast("string").alias("load_error"),
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _filesystem(scheme_and_host: str) -> pafs.FileSystem:
+    fs, _ = pafs.FileSystem.from_uri(scheme_and_host + "/")
+    return fs
+
+
+def read_bytes(uri: str) -> bytes:
+    """All bytes of one file given by local path or URI (the embed job's image fetcher, on executors)."""
+    if uri.startswith("/Volumes/") or ("://" not in uri and not uri.startswith(("dbfs:", "file:"))):
+        with open(uri, "rb") as f:
+            return f.read()
+    fs, local = arrow_path(uri)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        scheme, rest = uri.split("://", 1)
+        fs = _filesystem(f"{'s3' if scheme in ('s3a', 's3n') else scheme}://{rest.split('/', 1)[0]}")
+    with fs.open_input_stream(local) as f:
+        return bytes(f.read())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,6 +581,22 @@ def replace_partition(df: DataFrame, ref: TableRef, column: str, value: str) -> 
         writer.saveAsTable(ref.table)
     else:
         writer.save(str(ref.path))
+
+
+def append_table(df: DataFrame, ref: TableRef, partition_by: str | None = None) -> None:
+    """Append ``df`` to a Delta table in one commit (created on first use)."""
+    writer = df.write.format("delta").mode("append")
+    if partition_by is not None:
+        writer = writer.partitionBy(partition_by)
+    if ref.table is not None:
+        writer.saveAsTable(ref.table)
+    else:
+        writer.save(str(ref.path))
+
+
+def delete_where(spark: SparkSession, ref: TableRef, condition: str) -> None:
+    """``DELETE FROM ref WHERE condition`` (a Delta commit; nothing happens when no row matches)."""
+    spark.sql(f"DELETE FROM {sql_table(ref)} WHERE {condition}")
 
 
 def overwrite_table(df: DataFrame, ref: TableRef) -> None:

@@ -166,7 +166,11 @@ def derive_run_id(cfg: ScoreConfig, lineage: dict[str, object]) -> str:
 
 
 def _lineage(cfg: ScoreConfig, targets: Sequence[io.Target]) -> dict[str, object]:
-    teacher = cfg.input.arch if cfg.input.kind == "datacomp" else f"table:{cfg.input.label}"
+    teacher: str
+    if cfg.input.kind == "datacomp":
+        teacher = cfg.input.arch
+    else:
+        teacher = f"table:{cfg.input.label}" + (f"#model_id={cfg.input.model}" if cfg.input.model else "")
     return {
         "teacher": teacher,
         "normalized": True,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from importlib import metadata
 
 import pandas  # noqa: F401  # imported up front: pyspark imports it lazily, and a late first import failed mid-run
@@ -56,3 +57,22 @@ def _delta_jars() -> dict[str, str]:
     except metadata.PackageNotFoundError:
         return {}
     return {"spark.jars.packages": f"io.delta:delta-spark_2.13:{version}"}
+
+
+@contextmanager
+def job_description(spark: SparkSession, text: str) -> Iterator[None]:
+    """Label the Spark jobs started inside the block (Spark UI "Description" column).
+
+    Classic Spark only: under Spark Connect / serverless there is no SparkContext, and the label is skipped.
+    """
+    try:
+        sc = spark.sparkContext
+    except Exception:  # Spark Connect raises on any SparkContext access
+        yield
+        return
+    previous = sc.getLocalProperty("spark.job.description")
+    sc.setJobDescription(text)
+    try:
+        yield
+    finally:
+        sc.setJobDescription(previous)  # type: ignore[arg-type]  # None clears it

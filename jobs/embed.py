@@ -1,0 +1,396 @@
+"""``clipsift embed``: image-caption pairs in, unit open_clip embeddings per (uid, model) out, resumable.
+
+Reads:  WebDataset tar shards (img2dataset's layout: ``key.jpg|png|webp`` + ``key.txt`` + ``key.json``
+        with a ``uid``), or a Delta/Parquet table with a uid, a caption and image bytes or image paths.
+Writes: the embedding table (``output``; Delta, partitioned by ``model_id``; exactly one row per uid and
+        model, with ``image_emb``/``text_emb``, statuses and the model's provenance), the rejects table
+        ``<output>_rejects`` (input rows that cannot have a row of their own: null or repeated uid,
+        unreadable shard) and the runs table ``<output>_runs``.
+
+A run embeds only the uids the table lacks for this model, and commits every few shards (or
+``rows_per_commit`` rows), so a crash loses at most the commit in flight and a rerun, or a run over
+new shards, picks up where the table stands. Every input row ends up in exactly one place: the
+embedding table (this run or an earlier one) or the rejects table; the job checks it.
+"""
+
+from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:
+    # Run as a file (spark-submit jobs/embed.py): put the project root, not jobs/, on the path.
+    import os as _os
+    import sys as _sys
+
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
+    _sys.path.insert(0, _os.path.dirname(_here))
+
+import json
+import logging
+import math
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+import jobs
+from jobs import io
+from jobs.config import ConfigError, EmbedConfig, ModelConfig, from_argv, to_dict
+from jobs.schemas import STATUS
+from jobs.session import get_spark, job_description
+from udfs.embed import RETRYABLE, EmbedSettings, embed_fn, output_ddl
+from udfs.models import ModelIdentity, ModelLoadError, ModelSpec, identify
+
+LOG = logging.getLogger("clipsift.embed")
+
+#: Columns of the embedding table, in order.
+OUTPUT_COLUMNS = (
+    "uid", "model_id", "image_emb", "text_emb", "status", "image_status", "text_status", "error", "caption",
+    "image_width", "image_height", "source", "source_row", "model_name", "pretrained", "checkpoint_sha256",
+    "precision", "device", "image_size", "embed_dim", "embedding_dtype", "run_id", "embedded_at",
+)  # fmt: skip
+#: Input columns carried through the embedding UDF unchanged.
+PASSTHROUGH = ("source", "source_row", "load_error")
+PASSTHROUGH_DDL = "source string, source_row long, load_error string"
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """What a run did; ``rows_in == already_done + embedded + rejected`` always holds."""
+
+    run_id: str
+    model_id: str
+    rows_in: int
+    already_done: int
+    embedded: int
+    rejected: int
+    by_status: dict[str, int]
+    seconds: float
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+
+def model_spec(cfg: ModelConfig) -> ModelSpec:
+    """The executor-side model spec of the config (a custom config's JSON travels as text)."""
+    return ModelSpec(
+        name=cfg.name,
+        pretrained=cfg.pretrained,
+        config_json=Path(cfg.config_json).read_text() if cfg.config_json else None,
+        cache_dir=cfg.cache_dir,
+        device=cfg.device,
+        precision=cfg.precision,
+        seed=cfg.seed,
+        threads=cfg.threads,
+    )
+
+
+def settings_of(cfg: EmbedConfig) -> EmbedSettings:
+    """The UDF's settings from the job config."""
+    e = cfg.embed
+    return EmbedSettings(
+        image_batch_size=e.image_batch_size,
+        text_batch_size=e.text_batch_size,
+        decode_threads=e.decode_threads,
+        prefetch_batches=e.prefetch_batches,
+        max_pixels=e.max_pixels,
+        max_aspect_ratio=e.max_aspect_ratio,
+        max_caption_chars=e.max_caption_chars,
+        dtype=e.dtype,
+        log_every_rows=e.log_every_rows,
+    )
+
+
+def run(spark: SparkSession, cfg: EmbedConfig) -> EmbedResult:
+    """Embed what ``cfg.output`` lacks of ``cfg.input`` for ``cfg.model``, a commit at a time."""
+    started = time.time()
+    started_at = datetime.now(timezone.utc).replace(tzinfo=None)
+    run_id = f"embed-{started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    spec = model_spec(cfg.model)
+    try:
+        ident = identify(spec)
+    except ModelLoadError as exc:
+        raise ConfigError("model", str(exc)) from None
+    LOG.info("run %s: model %s (image size %d, dim %d)", run_id, ident.model_id, ident.image_size, ident.embed_dim)
+
+    model_filter = F.col("model_id") == ident.model_id
+    exists = io.table_exists(spark, cfg.output)
+    if exists and cfg.embed.retry_failed:
+        retry = ", ".join(io.sql_string(s) for s in RETRYABLE)
+        condition = f"image_status IN ({retry}) OR text_status IN ({retry})"
+        io.delete_where(spark, cfg.output, f"model_id = {io.sql_string(ident.model_id)} AND ({condition})")
+    done = (
+        io.read_delta(spark, cfg.output).where(model_filter).select("uid")
+        if exists
+        else spark.createDataFrame([], "uid string")
+    )
+
+    with job_description(spark, f"clipsift embed {run_id}: list input rows"):
+        keys, shards = _input_keys(spark, cfg)
+        keys = keys.persist(StorageLevel.MEMORY_AND_DISK)
+        rows_in = keys.count()
+        kept, rejects = _split_rows(spark, cfg, keys)
+        todo = kept.join(done, on="uid", how="left_anti").persist(StorageLevel.MEMORY_AND_DISK)
+        n_todo = todo.count()
+        n_rejected = _write_rejects(rejects, cfg, ident, run_id)
+    already_done = rows_in - n_rejected - n_todo
+    LOG.info("run %s: %d rows in, %d already embedded, %d rejected, %d to embed", run_id, rows_in, already_done,
+             n_rejected, n_todo)  # fmt: skip
+
+    embedded = 0
+    chunks = _chunks(cfg, todo, shards, n_todo)
+    udf = embed_fn(spec, settings_of(cfg), fetch=io.read_bytes)
+    for i, (label, rows) in enumerate(chunks):
+        t0 = time.time()
+        with job_description(spark, f"clipsift embed {run_id}: commit {i + 1}/{len(chunks)} ({label})"):
+            out = _embed(rows, udf, cfg, ident, run_id, started_at)
+            io.append_table(out, cfg.output, partition_by="model_id")
+        written = _last_commit_rows(spark, cfg)
+        embedded += written
+        seconds = time.time() - t0
+        LOG.info("run %s: commit %d/%d (%s): %d rows in %.1f s (%.1f rows/s)", run_id, i + 1, len(chunks), label,
+                 written, seconds, written / max(seconds, 1e-9))  # fmt: skip
+    keys.unpersist()
+    todo.unpersist()
+
+    by_status: dict[str, int] = {}
+    if embedded:
+        mine = io.read_delta(spark, cfg.output).where(model_filter & (F.col("run_id") == run_id))
+        by_status = {r["status"]: int(r["count"]) for r in mine.groupBy("status").count().collect()}
+    seconds = time.time() - started
+    result = EmbedResult(
+        run_id=run_id,
+        model_id=ident.model_id,
+        rows_in=rows_in,
+        already_done=already_done,
+        embedded=embedded,
+        rejected=n_rejected,
+        by_status=by_status,
+        seconds=seconds,
+    )
+    _record_run(spark, cfg, ident, result, started_at)
+    if embedded != n_todo:
+        raise RuntimeError(f"run {run_id}: {n_todo} rows were to be embedded but {embedded} were written")
+    return result
+
+
+def _input_keys(spark: SparkSession, cfg: EmbedConfig) -> tuple[DataFrame, list[str]]:
+    """One row per input row: ``uid, source, source_row, load_status, load_error``; and the shards.
+
+    No image bytes are read: tar headers and ``.json`` members only, or a table's uid column.
+    """
+    columns = ("uid", "source", "source_row", "load_status", "load_error")
+    if cfg.input.kind == "webdataset":
+        shards = io.list_webdataset_shards(str(cfg.input.path))
+        keys = io.read_webdataset(spark, shards, cfg.input.image_extensions, keys_only=True)
+        return keys.select(*columns), shards
+    return io.read_pairs_table(spark, cfg.input).select(*columns), []
+
+
+def _row_hash() -> Column:
+    """Content hash that orders the rows of a repeated uid of a table (which has no row order of its own)."""
+    return F.xxhash64("caption", "image", "image_path")
+
+
+def _split_rows(spark: SparkSession, cfg: EmbedConfig, keys: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """``(kept, rejects)``: the rows that get an embedding row, and the ones that cannot.
+
+    Rejected: a null uid, a shard that cannot be read, and every row of a repeated uid but the first
+    (by source and row; a table's rows by content hash). The repeated uids are found on the uid column
+    alone; only their rows are ranked, so a pool without repeats pays one aggregation.
+    ``kept`` has ``uid, source, source_row, row_hash`` (the hash only for a table's repeated uids).
+    """
+    bad = F.col("load_status").isNotNull() | F.col("uid").isNull()
+    rejects = keys.where(bad).select(
+        "uid",
+        "source",
+        "source_row",
+        F.coalesce("load_status", F.lit(STATUS.NULL_UID)).alias("status"),
+        F.coalesce("load_error", F.lit("uid is null")).alias("error"),
+    )
+    valid = keys.where(~bad)
+    repeated = valid.groupBy("uid").count().where(F.col("count") > 1).select("uid")
+    no_hash = F.lit(None).cast("long").alias("row_hash")
+    if repeated.isEmpty():
+        return valid.select("uid", "source", "source_row", no_hash), rejects
+    if cfg.input.kind == "webdataset":
+        rows = valid.join(F.broadcast(repeated), on="uid").select("uid", "source", "source_row", no_hash)
+    else:
+        pairs = io.read_pairs_table(spark, cfg.input)
+        rows = pairs.join(F.broadcast(repeated), on="uid").select(
+            "uid", "source", "source_row", _row_hash().alias("row_hash")
+        )
+    order = Window.partitionBy("uid").orderBy("source", "source_row", "row_hash")
+    ranked = rows.withColumn("_rank", F.row_number().over(order))
+    first = ranked.where(F.col("_rank") == 1).drop("_rank")
+    later = ranked.where(F.col("_rank") > 1).select(
+        "uid",
+        "source",
+        "source_row",
+        F.lit(STATUS.DUPLICATE_UID).alias("status"),
+        F.lit("uid repeats an earlier input row; only the first one (by source and row) is embedded").alias("error"),
+    )
+    unique = valid.join(F.broadcast(repeated), on="uid", how="left_anti").select("uid", "source", "source_row", no_hash)
+    return unique.unionByName(first), rejects.unionByName(later)
+
+
+def _write_rejects(rejects: DataFrame, cfg: EmbedConfig, ident: ModelIdentity, run_id: str) -> int:
+    """Replace this model's rejects with the ones found now; returns their count."""
+    provenance = (F.lit(ident.model_id).alias("model_id"), F.lit(run_id).alias("run_id"))
+    out = rejects.select("uid", "source", "source_row", "status", "error", *provenance)
+    ref = io.sibling(cfg.output, "rejects")
+    io.replace_partition(out, ref, "model_id", ident.model_id)
+    spark = rejects.sparkSession
+    return int(io.read_delta(spark, ref).where(F.col("model_id") == ident.model_id).count())
+
+
+def _chunks(cfg: EmbedConfig, todo: DataFrame, shards: Sequence[str], n_todo: int) -> list[tuple[str, DataFrame]]:
+    """The rows to embed, one DataFrame per Delta commit."""
+    spark = todo.sparkSession
+    if n_todo == 0:
+        return []
+    if cfg.input.kind == "webdataset":
+        pending = {r["source"] for r in todo.select("source").distinct().collect()}
+        todo_shards = [s for s in shards if s in pending]
+        step = cfg.embed.shards_per_commit
+        out = []
+        for lo in range(0, len(todo_shards), step):
+            group = todo_shards[lo : lo + step]
+            rows = io.read_webdataset(spark, group, cfg.input.image_extensions)
+            wanted = todo.where(F.col("source").isin(group)).select("source", "source_row")
+            label = f"shards {lo + 1}-{lo + len(group)} of {len(todo_shards)}"
+            out.append((label, rows.join(F.broadcast(wanted), on=["source", "source_row"], how="left_semi")))
+        return out
+    n_chunks = max(1, math.ceil(n_todo / cfg.embed.rows_per_commit))
+    pairs = io.read_pairs_table(spark, cfg.input)
+    bucket = F.pmod(F.xxhash64("uid"), F.lit(n_chunks))
+    out = []
+    for j in range(n_chunks):
+        wanted = todo.where(bucket == j).select("uid", F.col("row_hash").alias("_kept_hash"))
+        rows = pairs.where(bucket == j).join(wanted, on="uid", how="inner")
+        # A repeated uid keeps only its first row: the content hash picks it (computed only for those rows).
+        rows = rows.where(F.col("_kept_hash").isNull() | (_row_hash() == F.col("_kept_hash"))).drop("_kept_hash")
+        out.append((f"bucket {j + 1} of {n_chunks}", rows))
+    return out
+
+
+def _embed(
+    rows: DataFrame, udf: object, cfg: EmbedConfig, ident: ModelIdentity, run_id: str, started_at: datetime
+) -> DataFrame:
+    """Embed rows of :data:`io.PAIRS_DDL` and add provenance: the table's columns, in order."""
+    image_col = "image" if cfg.input.image_path_col is None else "image_path"
+    out = rows.select("uid", "caption", image_col, *PASSTHROUGH).mapInArrow(
+        udf,  # type: ignore[arg-type]
+        output_ddl(cfg.embed.dtype, PASSTHROUGH_DDL),
+    )
+    error = F.when(F.col("load_error").isNull(), F.col("error")).otherwise(
+        F.concat_ws("; ", F.col("load_error"), F.col("error"))
+    )
+    return out.select(
+        "uid",
+        F.lit(ident.model_id).alias("model_id"),
+        "image_emb",
+        "text_emb",
+        "status",
+        "image_status",
+        "text_status",
+        error.alias("error"),
+        "caption",
+        "image_width",
+        "image_height",
+        "source",
+        "source_row",
+        F.lit(ident.name).alias("model_name"),
+        F.lit(ident.pretrained).cast("string").alias("pretrained"),
+        F.lit(ident.checkpoint_sha256).cast("string").alias("checkpoint_sha256"),
+        "precision",
+        "device",
+        F.lit(ident.image_size).alias("image_size"),
+        F.lit(ident.embed_dim).alias("embed_dim"),
+        F.lit(cfg.embed.dtype).alias("embedding_dtype"),
+        F.lit(run_id).alias("run_id"),
+        F.lit(started_at).cast("timestamp").alias("embedded_at"),
+    )
+
+
+def _last_commit_rows(spark: SparkSession, cfg: EmbedConfig) -> int:
+    """Rows the latest commit of the output table added (Delta's operation metrics)."""
+    history = spark.sql(f"DESCRIBE HISTORY {io.sql_table(cfg.output)} LIMIT 1").collect()[0]
+    metrics = history["operationMetrics"] or {}
+    return int(metrics.get("numOutputRows", 0))
+
+
+def _record_run(
+    spark: SparkSession, cfg: EmbedConfig, ident: ModelIdentity, result: EmbedResult, started_at: datetime
+) -> None:
+    record = spark.createDataFrame(
+        [
+            (
+                result.run_id,
+                ident.model_id,
+                started_at,
+                float(result.seconds),
+                cfg.input.label,
+                result.rows_in,
+                result.already_done,
+                result.embedded,
+                result.rejected,
+                float(result.rows_per_second),
+                json.dumps(result.by_status, sort_keys=True),
+                json.dumps(to_dict(cfg), sort_keys=True),
+                json.dumps(asdict(ident), sort_keys=True),
+                jobs.__version__,
+            )
+        ],
+        "run_id string, model_id string, started_at timestamp, seconds double, input string, rows_in bigint, "
+        "already_done bigint, embedded bigint, rejected bigint, rows_per_second double, rows_by_status string, "
+        "config string, model string, code_version string",
+    )
+    io.replace_partition(record, io.sibling(cfg.output, "runs"), "run_id", result.run_id)
+
+
+def summary(result: EmbedResult) -> str:
+    """The one-paragraph report printed at the end of a run."""
+    failed = {k: v for k, v in sorted(result.by_status.items()) if k != "ok"}
+    failures = ", ".join(f"{k} {v}" for k, v in failed.items()) or "none"
+    return (
+        f"clipsift embed: run {result.run_id}, model {result.model_id}: {result.rows_in} rows in; "
+        f"{result.already_done} already embedded, {result.embedded} embedded now "
+        f"({result.by_status.get('ok', 0)} ok; failed: {failures}), {result.rejected} rejected "
+        f"(see the _rejects table); {result.seconds:.1f} s, {result.rows_per_second:.1f} rows/s"
+    )
+
+
+def _log_to_stderr() -> None:
+    """Progress lines of clipsift's loggers on stderr (open_clip's own INFO chatter stays off)."""
+    logger = logging.getLogger("clipsift")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: ``clipsift embed --config embed.yaml [--set key=value ...]``; 2 on a bad config or path."""
+    _log_to_stderr()
+    try:
+        cfg = from_argv(EmbedConfig, "clipsift embed", argv)
+        result = run(get_spark(cfg.spark.app_name, cfg.spark.conf), cfg)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"clipsift embed: {exc}", file=sys.stderr)
+        return 2
+    print(summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
