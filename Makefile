@@ -11,9 +11,13 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PYTHON))
 export CLIPSIFT_JARS := $(abspath $(JARS))
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup test-data demo test bench lint clean
 
-setup: $(VENV)/.installed $(JARS)/.fetched
+# Debian packages of real test images: tuxpaint stamps with captions, scikit-image's photos, Fashion-MNIST.
+TEST_DATA_PACKAGES := tuxpaint-stamps-default python3-skimage dataset-fashion-mnist
+TEST_DATA_MARKERS := /usr/share/tuxpaint/stamps /usr/lib/python3/dist-packages/skimage/data /usr/share/datasets/fashion-mnist
+
+setup: $(VENV)/.installed $(JARS)/.fetched test-data
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -27,6 +31,16 @@ $(JARS)/.fetched:
 	mvn -q $(DEPENDENCY_PLUGIN):copy -Dartifact=io.delta:delta-spark_2.13:$(DELTA_VERSION) -DoutputDirectory=$(JARS)
 	mvn -q $(DEPENDENCY_PLUGIN):copy -Dartifact=io.delta:delta-storage:$(DELTA_VERSION) -DoutputDirectory=$(JARS)
 	touch $@
+
+# Installs the packages when a marker folder is missing (needs root or sudo; apt-get only).
+test-data:
+	@missing=0; for d in $(TEST_DATA_MARKERS); do test -d $$d || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y -q --no-install-recommends $(TEST_DATA_PACKAGES) >/dev/null \
+	  || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q --no-install-recommends $(TEST_DATA_PACKAGES) >/dev/null; } \
+	  || echo "make: could not install $(TEST_DATA_PACKAGES); the tests that read real images will fail"; \
+	fi
 
 demo: setup
 	$(PYTHON) -m jobs.cli demo --out demo-output

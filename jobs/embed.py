@@ -43,7 +43,7 @@ import jobs
 from jobs import io
 from jobs.config import ConfigError, EmbedConfig, ModelConfig, from_argv, to_dict
 from jobs.schemas import STATUS
-from jobs.session import get_spark, job_description
+from jobs.session import get_spark, job_description, session_conf
 from udfs.embed import RETRYABLE, EmbedSettings, embed_fn, output_ddl
 from udfs.models import ModelIdentity, ModelLoadError, ModelSpec, identify
 
@@ -147,9 +147,12 @@ def run(spark: SparkSession, cfg: EmbedConfig) -> EmbedResult:
     embedded = 0
     chunks = _chunks(cfg, todo, shards, n_todo)
     udf = embed_fn(spec, settings_of(cfg), fetch=io.read_bytes)
+    # Arrow batches of one image batch each: the UDF's batches line up with the model's.
+    arrow_batch = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.embed.image_batch_size)}
     for i, (label, rows) in enumerate(chunks):
         t0 = time.time()
-        with job_description(spark, f"clipsift embed {run_id}: commit {i + 1}/{len(chunks)} ({label})"):
+        description = f"clipsift embed {run_id}: commit {i + 1}/{len(chunks)} ({label})"
+        with job_description(spark, description), session_conf(spark, arrow_batch):
             out = _embed(rows, udf, cfg, ident, run_id, started_at)
             io.append_table(out, cfg.output, partition_by="model_id")
         written = _last_commit_rows(spark, cfg)

@@ -76,3 +76,19 @@ def job_description(spark: SparkSession, text: str) -> Iterator[None]:
         yield
     finally:
         sc.setJobDescription(previous)  # type: ignore[arg-type]  # None clears it
+
+
+@contextmanager
+def session_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]:
+    """Set runtime SQL settings for the block, then restore what was there."""
+    previous: dict[str, str | None] = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, old in previous.items():
+            if old is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, old)
