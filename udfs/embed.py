@@ -16,6 +16,7 @@ model or CUDA out of memory) stops the task, so Spark retries it instead of writ
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -407,7 +408,24 @@ def embed_fn(
     """
 
     def embed(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        encoder = loader(spec)
+        encoder = loader(task_device(spec))
         yield from embed_batches(batches, encoder, settings, fetch)
 
     return embed
+
+
+def task_device(spec: ModelSpec) -> ModelSpec:
+    """``spec`` on the GPU Spark assigned to the running task, when its device is ``auto`` and there is one.
+
+    On an executor with several GPUs each task gets its own (``spark.task.resource.gpu.amount``); the
+    device is part of the spec, so the per-worker cache keeps one model per GPU.
+    """
+    if spec.device != "auto":
+        return spec
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    gpus = ctx.resources().get("gpu") if ctx is not None else None
+    if gpus is None or not gpus.addresses:
+        return spec
+    return dataclasses.replace(spec, device=f"cuda:{gpus.addresses[0]}")
