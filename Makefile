@@ -13,16 +13,17 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: setup test-data demo test bench lint clean
 
-# Debian packages of real test images: tuxpaint stamps with captions, scikit-image's photos, Fashion-MNIST.
-TEST_DATA_PACKAGES := tuxpaint-stamps-default python3-skimage dataset-fashion-mnist
-TEST_DATA_MARKERS := /usr/share/tuxpaint/stamps /usr/lib/python3/dist-packages/skimage/data /usr/share/datasets/fashion-mnist
+# Debian packages of real test data: tuxpaint stamps with captions, scikit-image's photos, Fashion-MNIST,
+# WordNet 3.0 (the text-based filter).
+TEST_DATA_PACKAGES := tuxpaint-stamps-default python3-skimage dataset-fashion-mnist wordnet-base
+TEST_DATA_MARKERS := /usr/share/tuxpaint/stamps /usr/lib/python3/dist-packages/skimage/data /usr/share/datasets/fashion-mnist /usr/share/wordnet
 
 setup: $(VENV)/.installed $(JARS)/.fetched test-data
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -m pip install -q -e ".[spark,dev,gpu]"
+	$(PYTHON) -m pip install -q -e ".[spark,dev,gpu,text]"
 	touch $@
 
 # The delta-spark wheel has no jars: fetch the matching ones from Maven Central.

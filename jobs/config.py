@@ -20,6 +20,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
+from udfs.ingest import METADATA_COLUMNS
+
 T = TypeVar("T")
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -95,6 +97,12 @@ class InputConfig:
     """Expected embedding dimension; default: 768 for l14, 512 for b32, else taken from the first row."""
     model: str | None = None
     """table: the ``model_id`` whose rows to score, when the table holds several (``clipsift embed`` output)."""
+    metadata_cols: Mapping[str, str] = field(
+        default_factory=lambda: {"text": "caption", "original_width": "image_width", "original_height": "image_height"}
+    )
+    """table: the table's columns for the pair metadata kept with the scores (``text``, ``original_width``,
+    ``original_height``, ``clip_b32_similarity_score``, ``clip_l14_similarity_score``); a metadata column the
+    table lacks is null. The default maps ``clipsift embed``'s columns; unmapped names are looked up as they are."""
 
     def validate(self, key: str) -> None:
         if self.kind == "datacomp":
@@ -111,6 +119,10 @@ class InputConfig:
                 raise ConfigError(f"{key}.table", f"'{self.table}' is not a [catalog.]schema.table name")
         if self.dim is not None and self.dim < 1:
             raise ConfigError(f"{key}.dim", "must be a positive integer")
+        for name in self.metadata_cols:
+            if name not in METADATA_COLUMNS:
+                valid = ", ".join(METADATA_COLUMNS)
+                raise ConfigError(f"{key}.metadata_cols.{name}", f"not a metadata column; use {valid}")
 
     @property
     def expected_dim(self) -> int | None:
@@ -225,6 +237,60 @@ class NormSim2DConfig:
 
 
 @dataclass(frozen=True)
+class KMeansConfig:
+    """Spark MLlib k-means of the pool's image embeddings (image-based filtering, semantic dedup)."""
+
+    clusters: int = 100_000
+    """k (DataComp used 100,000 per scale)."""
+    iterations: int = 20
+    seed: int = 0
+    fit_rows: int | None = None
+    """Fit on a seeded sample of about this many rows (null: every ok row); every row is then assigned."""
+
+    def validate(self, key: str) -> None:
+        _positive(f"{key}.clusters", self.clusters)
+        _positive(f"{key}.iterations", self.iterations)
+        if self.fit_rows is not None:
+            _positive(f"{key}.fit_rows", self.fit_rows)
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    """DataComp baselines and semantic dedup as columns of the score table (README "Baselines")."""
+
+    basic: bool = False
+    """``caption_lang``, ``caption_lang_prob``, ``basic_filter``: English, > 2 words, > 5 chars, side >= 200,
+    aspect <= 3 (needs ``text``, ``original_width``, ``original_height``)."""
+    text_based: bool = False
+    """``caption_in21k``, ``text_based_filter``: English and a word whose first WordNet synset is an
+    ImageNet-21k class."""
+    image_based_target: str | None = None
+    """Name of a ``normsim.targets`` entry: ``image_cluster``, ``image_based_filter`` (the row's cluster is the
+    nearest cluster of some target row, and its caption passes the pre-filter)."""
+    dedup_threshold: float | None = None
+    """Cosine at or above which images of one k-means cluster are near-duplicates: ``dedup_*`` columns."""
+    dedup_rank: str = "clip_score"
+    """Score whose highest value picks the row kept of a duplicate group: ``clip_score`` or a NormSim column."""
+    kmeans: KMeansConfig = KMeansConfig()
+
+    @property
+    def needs_clusters(self) -> bool:
+        return self.image_based_target is not None or self.dedup_threshold is not None
+
+    def validate(self, key: str, targets: Sequence[str]) -> None:
+        if self.image_based_target is not None and self.image_based_target not in targets:
+            raise ConfigError(
+                f"{key}.image_based_target",
+                f"'{self.image_based_target}' is not a normsim.targets name ({', '.join(targets) or 'none given'})",
+            )
+        if self.dedup_threshold is not None and not 0 < self.dedup_threshold <= 1:
+            raise ConfigError(f"{key}.dedup_threshold", f"must be a cosine in (0, 1], got {self.dedup_threshold}")
+        if not _IDENTIFIER.match(self.dedup_rank):
+            raise ConfigError(f"{key}.dedup_rank", f"'{self.dedup_rank}' is not a column name")
+        self.kmeans.validate(f"{key}.kmeans")
+
+
+@dataclass(frozen=True)
 class ScoreConfig:
     """``clipsift score``: embeddings in, one Delta table of scores out."""
 
@@ -235,6 +301,7 @@ class ScoreConfig:
     negclip: NegClipConfig = NegClipConfig()
     normsim: NormSimConfig = NormSimConfig()
     normsim2_dynamic: NormSim2DConfig = NormSim2DConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
     spark: SparkSettings = SparkSettings()
 
     def validate(self, key: str = "") -> None:
@@ -247,6 +314,7 @@ class ScoreConfig:
         self.negclip.validate(_join(key, "negclip"))
         self.normsim.validate(_join(key, "normsim"))
         self.normsim2_dynamic.validate(_join(key, "normsim2_dynamic"))
+        self.baselines.validate(_join(key, "baselines"), [t.name for t in self.normsim.targets])
         if self.negclip.grouping == "shard" and self.input.kind == "table" and not self.input.shard_col:
             raise ConfigError(
                 _join(key, "negclip.grouping"),
@@ -257,7 +325,7 @@ class ScoreConfig:
 # --------------------------------------------------------------------------------------------------
 # Select job
 
-RULES = ("threshold", "top_fraction", "sequential", "sum_of_ranks", "intersect", "union")
+RULES = ("threshold", "flag", "top_fraction", "sequential", "sum_of_ranks", "intersect", "union")
 
 
 @dataclass(frozen=True)
@@ -266,6 +334,7 @@ class SelectionConfig:
 
     Rules and their keys:
       * threshold: ``column`` and ``min`` (keep ``column >= min``), optional ``max``.
+      * flag: ``column``, a boolean column; keep the rows where it is true (the baselines' filters, ``dedup_kept``).
       * top_fraction: ``column``, ``fraction``; ``counting: exact`` keeps exactly int(N·f) rows
         (ties broken by uid, the negCLIPLoss repo), ``datacomp`` keeps score ≥ the (int(N·f)+1)-th value.
       * sequential: top ``fraction`` of the pool by ``column``, then among those the top
@@ -297,6 +366,7 @@ class SelectionConfig:
             raise ConfigError(f"{key}.rule", f"'{self.rule}' is not one of {', '.join(RULES)}")
         needs: dict[str, tuple[str, ...]] = {
             "threshold": ("column",),
+            "flag": ("column",),
             "top_fraction": ("column", "fraction"),
             "sequential": ("column", "fraction", "then_column", "then_fraction"),
             "sum_of_ranks": ("columns", "fraction"),

@@ -31,6 +31,7 @@ from pyspark.sql import functions as F
 from jobs.config import ConfigError, EmbedInputConfig, InputConfig, TableRef
 from jobs.schemas import POOL_ARROW, POOL_DDL, STATUS
 from udfs.arrow import half_columns_fn
+from udfs.ingest import METADATA_COLUMNS, METADATA_FIELDS
 
 # --------------------------------------------------------------------------------------------------
 # Paths and SQL names
@@ -121,8 +122,10 @@ def _read_shard(shard_path: str, img_key: str, txt_key: str, rows_per_batch: int
     fs, local = arrow_path(shard_path)
     try:
         with fs.open_input_file(local) as f:
-            uids = pq.read_table(f, columns=["uid"]).column("uid").combine_chunks()
-        uids = uids.cast(pa.string())
+            parquet = pq.ParquetFile(f)
+            present = [c for c in METADATA_COLUMNS if c in parquet.schema_arrow.names]
+            meta = parquet.read(columns=["uid", *present])
+        uids = meta.column("uid").combine_chunks().cast(pa.string())
     except Exception as exc:
         yield _status_batch([None], source, [None], STATUS.UNREADABLE_SHARD, f"cannot read {shard_path}: {exc}")
         return
@@ -161,9 +164,21 @@ def _read_shard(shard_path: str, img_key: str, txt_key: str, rows_per_batch: int
                 _embedding_array(txt, lo, ok_hi, hi),
                 pa.array(status, pa.string()),
                 pa.array(error, pa.string()),
+                *_metadata_arrays(meta.slice(lo, hi - lo)),
             ],
             schema=POOL_ARROW,
         )
+
+
+def _metadata_arrays(table: pa.Table | None, n: int = 0) -> list[pa.Array]:
+    """The metadata columns of ``table`` cast to the pool schema, nulls where it lacks one (or for ``n`` rows)."""
+    out = []
+    for name, arrow_type, _ in METADATA_FIELDS:
+        if table is not None and name in table.column_names:
+            out.append(table.column(name).combine_chunks().cast(arrow_type, safe=False))
+        else:
+            out.append(pa.nulls(table.num_rows if table is not None else n, arrow_type))
+    return out
 
 
 def _embedding_array(m: np.ndarray | None, lo: int, ok_hi: int, hi: int) -> pa.Array:
@@ -192,6 +207,7 @@ def _status_batch(
             pa.nulls(n, pa.list_(pa.float32())),
             pa.array([status] * n, pa.string()),
             pa.array([error] * n, pa.string()),
+            *_metadata_arrays(None, n),
         ],
         schema=POOL_ARROW,
     )
@@ -215,6 +231,11 @@ def read_table(spark: SparkSession, cfg: InputConfig) -> DataFrame:
     def embedding(col: str) -> Column:
         return F.col(col) if types[col] == "binary" else F.col(col).cast("array<float>")
 
+    metadata = []
+    for name, _, ddl in METADATA_FIELDS:
+        column = cfg.metadata_cols.get(name, name)
+        value = F.col(column).cast(ddl) if column in df.columns else F.lit(None).cast(ddl)
+        metadata.append(value.alias(name))
     pool = df.select(
         F.col(cfg.uid_col).cast("string").alias("uid"),
         source.alias("source"),
@@ -223,6 +244,7 @@ def read_table(spark: SparkSession, cfg: InputConfig) -> DataFrame:
         embedding(cfg.text_col).alias("text_emb"),
         F.lit(None).cast("string").alias("load_status"),
         F.lit(None).cast("string").alias("load_error"),
+        *metadata,
     )
     # float16 embeddings (clipsift embed's dtype: float16) are stored as binary: widen them on the executors.
     return pool.mapInArrow(half_columns_fn(half), POOL_DDL) if half else pool

@@ -24,7 +24,7 @@ class STATUS:
 #: Rows of a pool as the readers produce them (Spark DDL and the matching Arrow schema).
 POOL_DDL = (
     "uid string, source string, source_row long, image_emb array<float>, text_emb array<float>, "
-    "load_status string, load_error string"
+    f"load_status string, load_error string, {ingest.METADATA_DDL}"
 )
 POOL_ARROW = pa.schema(
     [
@@ -35,6 +35,7 @@ POOL_ARROW = pa.schema(
         ("text_emb", pa.list_(pa.float32())),
         ("load_status", pa.string()),
         ("load_error", pa.string()),
+        *((name, arrow_type) for name, arrow_type, _ in ingest.METADATA_FIELDS),
     ]
 )
 
@@ -44,5 +45,6 @@ NEGCLIP_DDL = "uid string, negclip_loss double, negclip_r_i2t double, negclip_r_
 #: Lineage carried by every scored row.
 LINEAGE_DDL = (
     "struct<teacher: string, normalized: boolean, tau: double, batch_size: int, rounds: int, seed: bigint, "
-    "grouping: string, targets: array<struct<name: string, sha256: string, rows: bigint>>, code_version: string>"
+    "grouping: string, targets: array<struct<name: string, sha256: string, rows: bigint>>, code_version: string, "
+    "baselines: string>"
 )

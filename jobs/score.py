@@ -3,8 +3,9 @@
 Reads:  the pool (DataComp shards ``<shard>.parquet`` + ``<shard>.npz``, or a Delta/Parquet table of
         uid + embedding arrays) and the NormSim target files.
 Writes: the score table (``output``; Delta, partitioned by ``run_id``; this run's partition is
-        replaced atomically) and the runs table ``<output>_runs`` (one row per run: config, lineage,
-        row counts by status, timings).
+        replaced atomically), the runs table ``<output>_runs`` (one row per run: config, lineage,
+        row counts by status, timings) and, with ``baselines.dedup_threshold``, the duplicates table
+        ``<output>_duplicates`` (uid -> the uid kept of its near-duplicate group, similarity).
 
 Every input row appears exactly once, with ``status`` ``ok`` and its scores, or another status and
 the reason in ``error``.
@@ -37,10 +38,22 @@ from pyspark.sql import functions as F
 
 import jobs
 from jobs import io
+from jobs.baselines import (
+    CAPTION_COLUMNS,
+    CLUSTER_COLUMNS,
+    DEDUP_COLUMNS,
+    centroid_handle,
+    dedup_groups,
+    fit_kmeans,
+    target_clusters,
+    with_caption_filters,
+    with_clusters,
+    with_image_based,
+)
 from jobs.config import ConfigError, NormSimConfig, ScoreConfig, from_argv, to_dict
 from jobs.normsim2d import normsim2_dynamic_survival
 from jobs.schemas import STATUS
-from jobs.session import get_spark
+from jobs.session import get_spark, job_description
 from jobs.transforms import (
     BASE_SCORE_COLUMNS,
     negclip_scores,
@@ -51,6 +64,7 @@ from jobs.transforms import (
     with_lineage,
     with_normsim,
 )
+from udfs.ingest import METADATA_COLUMNS
 from udfs.kernels import second_moment
 from udfs.score import TargetHandle
 
@@ -97,6 +111,26 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
         signed=cfg.normsim.signed_inf,
         block_size=cfg.normsim.block_size,
     )
+    baselines = cfg.baselines
+    if baselines.basic or baselines.text_based or baselines.image_based_target:
+        scored = scored.transform(with_caption_filters, text_based=baselines.text_based)
+    if baselines.needs_clusters and n_ok:
+        with job_description(spark, f"clipsift score {run_id}: k-means"):
+            centroids = centroid_handle(fit_kmeans(ok, baselines.kmeans, n_ok))
+        lineage["kmeans_clusters"] = centroids.rows
+        scored = scored.transform(with_clusters, centroids=centroids, dim=dim)
+        if baselines.image_based_target is not None:
+            target = next(h for h in handles if h.name == baselines.image_based_target)
+            clusters = target_clusters(spark, target, centroids)
+            scored = scored.transform(with_image_based, clusters=clusters)
+        if baselines.dedup_threshold is not None:
+            scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
+            if baselines.dedup_rank not in scored.columns:
+                raise ConfigError(
+                    "baselines.dedup_rank", f"use clip_score or a NormSim column; '{baselines.dedup_rank}' is not one"
+                )
+            duplicates = dedup_groups(scored, rank=baselines.dedup_rank, threshold=baselines.dedup_threshold, dim=dim)
+            scored = scored.join(duplicates, on="uid", how="left")
     scored = scored.drop("image_emb", "text_emb")
     if cfg.negclip.enabled and n_ok:
         n_groups = max(1, math.ceil(n_ok / cfg.negclip.group_rows))
@@ -113,6 +147,7 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
         )
         scored = scored.join(survived, on="uid", how="left")
 
+    lineage["baselines"] = json.dumps(_baselines_lineage(cfg, lineage.pop("kmeans_clusters", None)), sort_keys=True)
     rest = flagged.where(F.col("status") != STATUS.OK).drop("image_emb", "text_emb")
     columns = _output_columns(cfg)
     out = (
@@ -128,6 +163,13 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
     written = io.read_delta(spark, cfg.output).where(F.col("run_id") == run_id)
     by_status = {r["status"]: int(r["count"]) for r in written.groupBy("status").count().collect()}
     rows_out = sum(by_status.values())
+    if cfg.baselines.dedup_threshold is not None:
+        # uid -> the representative kept of its near-duplicate group, one partition per run.
+        duplicates = written.where(~F.col("dedup_kept")).select(
+            "uid", F.col("dedup_group").alias("kept_uid"), F.col("dedup_similarity").alias("similarity"),
+            "image_cluster", "run_id",
+        )  # fmt: skip
+        io.replace_partition(duplicates, io.sibling(cfg.output, "duplicates"), "run_id", run_id)
     seconds = time.time() - started
     _record_run(spark, cfg, run_id, lineage, started_at, seconds, rows_in, by_status)
     if rows_out != rows_in:
@@ -158,6 +200,7 @@ def derive_run_id(cfg: ScoreConfig, lineage: dict[str, object]) -> str:
         "negclip": {k: v for k, v in to_dict(cfg.negclip).items() if k != "block_rows"},
         "normsim": {"norms": list(cfg.normsim.norms), "signed_inf": cfg.normsim.signed_inf},
         "normsim2_dynamic": to_dict(cfg.normsim2_dynamic),
+        "baselines": to_dict(cfg.baselines),
         "targets": lineage["targets"],
         "code_version": lineage["code_version"],
     }
@@ -182,6 +225,21 @@ def _lineage(cfg: ScoreConfig, targets: Sequence[io.Target]) -> dict[str, object
         "targets": [{"name": t.name, "sha256": t.sha256, "rows": int(t.matrix.shape[0])} for t in targets],
         "code_version": jobs.__version__,
     }
+
+
+def _baselines_lineage(cfg: ScoreConfig, kmeans_clusters: object) -> dict[str, object]:
+    """The baselines' settings and the identity of the models they use (language id, WordNet)."""
+    b = cfg.baselines
+    out: dict[str, object] = {"config": to_dict(b), "kmeans_clusters": kmeans_clusters}
+    if b.basic or b.text_based or b.image_based_target:
+        from udfs.langid import langid_identity
+
+        out["langid"] = langid_identity()
+    if b.text_based:
+        from udfs.wordnet import wordnet_identity
+
+        out["wordnet"] = wordnet_identity()
+    return out
 
 
 def _detect_dim(raw: DataFrame) -> int:
@@ -214,20 +272,42 @@ def _output_columns(cfg: ScoreConfig) -> list[str]:
         cols += [normsim_column(t.name, p) for p in cfg.normsim.norms]
     if cfg.normsim2_dynamic.enabled:
         cols.append(NORMSIM2D_COLUMN)
+    b = cfg.baselines
+    if b.basic or b.text_based or b.image_based_target:
+        cols += CAPTION_COLUMNS
+    if b.needs_clusters:
+        cols += CLUSTER_COLUMNS
+    if b.image_based_target:
+        cols.append("image_based_filter")
+    if b.dedup_threshold is not None:
+        cols += DEDUP_COLUMNS
     return cols
+
+
+#: Types of the score columns that are not double (for the null columns of unscored rows).
+_COLUMN_TYPES = {
+    NORMSIM2D_COLUMN: "int",
+    "image_cluster": "int",
+    "caption_lang": "string",
+    "dedup_group": "string",
+    **dict.fromkeys(
+        ("basic_filter", "caption_in21k", "text_based_filter", "caption_prefilter", "image_based_filter", "dedup_kept"),
+        "boolean",
+    ),
+}
 
 
 def _ordered(score_columns: Sequence[str]) -> list[str]:
     return [
         "uid", "source", "source_row", "status", "error", *score_columns,
-        "image_norm", "text_norm", "lineage", "scored_at", "run_id",
+        "image_norm", "text_norm", *METADATA_COLUMNS, "lineage", "scored_at", "run_id",
     ]  # fmt: skip
 
 
 def _with_missing_columns(df: DataFrame, *, columns: Sequence[str]) -> DataFrame:
     for c in columns:
         if c not in df.columns:
-            df = df.withColumn(c, F.lit(None).cast("int" if c == NORMSIM2D_COLUMN else "double"))
+            df = df.withColumn(c, F.lit(None).cast(_COLUMN_TYPES.get(c, "double")))
     return df
 
 

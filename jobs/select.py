@@ -118,6 +118,9 @@ def _render(
         if sel.max is not None:
             parts.append(f"{col} <= {sql_double(sel.max)}")
         return " AND ".join(parts), source, {"min": sel.min, "max": sel.max}
+    if sel.rule == "flag":
+        assert sel.column is not None
+        return f"{quote_ident(sel.column)} IS TRUE", source, {}
     if sel.rule == "top_fraction":
         assert sel.column is not None and sel.fraction is not None
         keep = int(n * sel.fraction)

@@ -21,10 +21,21 @@ BAD_DIMENSION = "bad_dimension"
 NON_FINITE = "non_finite_embedding"
 ZERO_NORM = "zero_norm"
 
+#: Pair metadata carried from the pool to the score table (DataComp's parquet names; null where unknown).
+METADATA_FIELDS: tuple[tuple[str, pa.DataType, str], ...] = (
+    ("text", pa.string(), "string"),
+    ("original_width", pa.int32(), "int"),
+    ("original_height", pa.int32(), "int"),
+    ("clip_b32_similarity_score", pa.float64(), "double"),
+    ("clip_l14_similarity_score", pa.float64(), "double"),
+)
+METADATA_COLUMNS = tuple(name for name, _, _ in METADATA_FIELDS)
+METADATA_DDL = ", ".join(f"{name} {ddl}" for name, _, ddl in METADATA_FIELDS)
+
 #: Output of :func:`check_embeddings_fn` (Spark DDL).
 CHECKED_DDL = (
     "uid string, source string, source_row long, image_emb array<float>, text_emb array<float>, "
-    "status string, error string, image_norm double, text_norm double"
+    f"status string, error string, image_norm double, text_norm double, {METADATA_DDL}"
 )
 
 
@@ -101,8 +112,20 @@ def check_batch(batch: pa.RecordBatch, dim: int) -> pa.RecordBatch:
             pa.array(error.tolist(), pa.string()),
             pa.array(np.where(ok, img_n, np.nan), pa.float64(), mask=~ok),
             pa.array(np.where(ok, txt_n, np.nan), pa.float64(), mask=~ok),
+            *(batch.column(name) for name in METADATA_COLUMNS),
         ],
-        names=["uid", "source", "source_row", "image_emb", "text_emb", "status", "error", "image_norm", "text_norm"],
+        names=[
+            "uid",
+            "source",
+            "source_row",
+            "image_emb",
+            "text_emb",
+            "status",
+            "error",
+            "image_norm",
+            "text_norm",
+            *METADATA_COLUMNS,
+        ],
     )
 
 

@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 from jobs import io
 from jobs.config import InputConfig, TableRef
 from jobs.schemas import POOL_DDL, STATUS
+from udfs.ingest import METADATA_COLUMNS
 
 pytestmark = pytest.mark.spark
 
@@ -158,7 +159,9 @@ def test_read_table_maps_columns(spark: SparkSession, tmp_path: Path) -> None:
         kind="table", path=path, format="parquet", uid_col="id", image_col="img", text_col="txt", shard_col="part"
     )
     df = io.read_table(spark, cfg)
-    assert df.columns == ["uid", "source", "source_row", "image_emb", "text_emb", "load_status", "load_error"]
+    assert df.columns == [
+        "uid", "source", "source_row", "image_emb", "text_emb", "load_status", "load_error", *METADATA_COLUMNS
+    ]  # fmt: skip
     rows = {r["uid"]: r for r in df.collect()}
     assert rows["1"]["source"] == "a" and rows["1"]["image_emb"] == [1.0, 2.0]
     assert rows["2"]["image_emb"] is None and rows["2"]["text_emb"] == [5.0, 6.0]

@@ -20,6 +20,7 @@ from jobs.transforms import (
     with_normsim,
     with_status,
 )
+from udfs.ingest import METADATA_COLUMNS
 from udfs.kernels import batch_plan, negclip_loss, normsim, second_moment
 from udfs.score import TargetHandle
 
@@ -62,7 +63,8 @@ CASES: list[tuple[str, tuple[Any, ...], str]] = [
 
 
 def _frame(spark: SparkSession, rows: list[tuple[Any, ...]]) -> DataFrame:
-    return spark.createDataFrame(rows, POOL_DDL)
+    """Pool rows from (uid, source, source_row, image, text, load_status, load_error); no metadata."""
+    return spark.createDataFrame([(*row, *([None] * len(METADATA_COLUMNS))) for row in rows], POOL_DDL)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from jobs.schemas import POOL_ARROW
-from udfs.ingest import check_batch, check_column
+from udfs.ingest import METADATA_COLUMNS, check_batch, check_column
 
 LIST = pa.list_(pa.float32())
 
@@ -23,6 +23,7 @@ def _batch(images: list[list[float] | None], texts: list[list[float] | None], ui
             pa.array(texts, LIST),
             pa.array([None] * n, pa.string()),
             pa.array([None] * n, pa.string()),
+            *(pa.nulls(n, field.type) for field in POOL_ARROW if field.name in METADATA_COLUMNS),
         ],
         schema=POOL_ARROW,
     )
@@ -52,7 +53,7 @@ def test_each_problem_gets_its_status_and_message() -> None:
 
 def test_reader_status_wins() -> None:
     batch = _batch([[1.0, 0.0]], [[0.0, 1.0]], ["a"])
-    cols = [*batch.columns[:5], pa.array(["missing_embedding"]), pa.array(["npz has 0 rows"])]
+    cols = [*batch.columns[:5], pa.array(["missing_embedding"]), pa.array(["npz has 0 rows"]), *batch.columns[7:]]
     out = check_batch(pa.RecordBatch.from_arrays(cols, schema=POOL_ARROW), 2).to_pydict()
     assert out["status"] == ["missing_embedding"] and out["error"] == ["npz has 0 rows"]
 
@@ -74,3 +75,16 @@ def test_null_values_inside_an_array_are_not_finite() -> None:
 def test_empty_batch() -> None:
     out = check_batch(_batch([], [], []), 4)
     assert out.num_rows == 0
+
+
+def test_metadata_columns_pass_through() -> None:
+    batch = _batch([[1.0, 0.0], None], [[0.0, 1.0], [1.0, 0.0]], ["a", "b"])
+    text = pa.array(["a dog", None], pa.string())
+    width = pa.array([640, 10], pa.int32())
+    cols = [
+        text if f.name == "text" else width if f.name == "original_width" else c
+        for f, c in zip(POOL_ARROW, batch.columns, strict=True)
+    ]
+    out = check_batch(pa.RecordBatch.from_arrays(cols, schema=POOL_ARROW), 2).to_pydict()
+    assert out["text"] == ["a dog", None] and out["original_width"] == [640, 10]
+    assert out["status"] == ["ok", "null_embedding"] and out["original_height"] == [None, None]

@@ -1,0 +1,106 @@
+"""DataComp baselines and semantic deduplication on Spark: k-means with MLlib, then column transforms.
+
+The per-row computations live in :mod:`udfs.baselines` (over :mod:`udfs.kernels`); this module fits
+the k-means model, finds the clusters of a target set, and chains the columns onto the scored rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs.config import KMeansConfig
+from udfs.baselines import DEDUP_DDL, caption_filters_udf, dedup_group_fn, nearest_centroid_udf
+from udfs.kernels import nearest_centroid
+from udfs.score import TargetHandle, target_rows
+
+CAPTION_COLUMNS = (
+    "caption_lang", "caption_lang_prob", "basic_filter", "caption_in21k", "text_based_filter", "caption_prefilter",
+)  # fmt: skip
+CLUSTER_COLUMNS = ("image_cluster", "centroid_similarity")
+DEDUP_COLUMNS = ("dedup_group", "dedup_similarity", "dedup_kept")
+
+
+def fit_kmeans(ok: DataFrame, cfg: KMeansConfig, n_ok: int) -> np.ndarray:
+    """``(k, d)`` float32 centroids of MLlib k-means (Euclidean, k-means||) on the rows' image embeddings.
+
+    k is ``min(cfg.clusters, rows fitted on)``; with ``fit_rows`` the model is fitted on a seeded sample.
+    """
+    from pyspark.ml.clustering import KMeans
+    from pyspark.ml.functions import array_to_vector
+
+    data = ok.select(array_to_vector(F.col("image_emb")).alias("features"))
+    n_fit = n_ok
+    if cfg.fit_rows is not None and cfg.fit_rows < n_ok:
+        data = data.sample(fraction=cfg.fit_rows / n_ok, seed=cfg.seed)
+        n_fit = cfg.fit_rows
+    k = max(1, min(cfg.clusters, n_fit))
+    model = KMeans(k=k, maxIter=cfg.iterations, seed=cfg.seed, featuresCol="features").fit(data)
+    return np.ascontiguousarray(np.stack(model.clusterCenters()), dtype=np.float32)
+
+
+def centroid_handle(centroids: np.ndarray) -> TargetHandle:
+    """The centroids as a closure-carried matrix for the assignment UDF."""
+    digest = hashlib.sha256(centroids.tobytes()).hexdigest()
+    return TargetHandle("kmeans", digest, int(centroids.shape[0]), np.zeros((1, 1)), matrix=centroids)
+
+
+def target_clusters(
+    spark: SparkSession, target: TargetHandle, centroids: TargetHandle, block_rows: int = 65_536
+) -> list[int]:
+    """Clusters that are the nearest (max dot product) of at least one target row, computed on the executors.
+
+    The target's rows travel as they do for NormSim (closure or staged file); each task takes one
+    block of rows, so an ImageNet-sized target is spread over the cluster rather than the driver.
+    """
+    blocks = max(1, math.ceil(target.rows / block_rows))
+
+    def assign(batches: object) -> object:
+        for batch in batches:  # type: ignore[attr-defined]
+            for b in batch.column(0).to_pylist():
+                rows = np.asarray(target_rows(target)[b * block_rows : (b + 1) * block_rows], dtype=np.float32)
+                index, _ = nearest_centroid(rows, np.asarray(target_rows(centroids)))
+                yield pa.RecordBatch.from_arrays([pa.array(np.unique(index), pa.int32())], names=["cluster"])
+
+    found = spark.range(0, blocks, 1, numPartitions=blocks).mapInArrow(assign, "cluster int").distinct()  # type: ignore[arg-type]
+    return sorted(int(r["cluster"]) for r in found.collect())
+
+
+def with_caption_filters(df: DataFrame, *, text_based: bool) -> DataFrame:
+    """Add the caption-side baseline columns (:data:`CAPTION_COLUMNS`) from ``text`` and the image size."""
+    udf = caption_filters_udf(text_based)
+    return df.withColumn("_captions", udf("text", "original_width", "original_height")).select(
+        *df.columns, *(F.col(f"_captions.{c}").alias(c) for c in CAPTION_COLUMNS)
+    )
+
+
+def with_clusters(df: DataFrame, *, centroids: TargetHandle, dim: int) -> DataFrame:
+    """Add ``image_cluster`` (the max-dot-product centroid) and ``centroid_similarity``."""
+    udf = nearest_centroid_udf(centroids, dim)
+    return df.withColumn("_cluster", udf("image_emb")).select(
+        *df.columns, *(F.col(f"_cluster.{c}").alias(c) for c in CLUSTER_COLUMNS)
+    )
+
+
+def with_image_based(df: DataFrame, *, clusters: list[int]) -> DataFrame:
+    """Add ``image_based_filter``: the caption pre-filter passes and the row's cluster is a target's nearest."""
+    in_target = F.col("image_cluster").isin(clusters) if clusters else F.lit(False)
+    return df.withColumn("image_based_filter", F.col("caption_prefilter") & in_target)
+
+
+def dedup_groups(df: DataFrame, *, rank: str, threshold: float, dim: int) -> DataFrame:
+    """``uid, dedup_group, dedup_similarity, dedup_kept`` of rows with ``image_emb``, ``image_cluster`` and ``rank``.
+
+    One task per k-means cluster (``applyInArrow``); near-duplicates are searched only within a cluster.
+    """
+    fn = dedup_group_fn(threshold, dim)
+    return (
+        df.select("uid", "image_emb", F.col(rank).cast("double").alias("rank"), "image_cluster")
+        .groupBy("image_cluster")
+        .applyInArrow(fn, DEDUP_DDL)
+    )
