@@ -14,7 +14,8 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.config import KMeansConfig
+from jobs import io
+from jobs.config import ConfigError, KMeansConfig
 from udfs.baselines import DEDUP_DDL, caption_filters_udf, dedup_group_fn, nearest_centroid_udf
 from udfs.kernels import nearest_centroid
 from udfs.score import TargetHandle, target_rows
@@ -44,10 +45,24 @@ def fit_kmeans(ok: DataFrame, cfg: KMeansConfig, n_ok: int) -> np.ndarray:
     return np.ascontiguousarray(np.stack(model.clusterCenters()), dtype=np.float32)
 
 
-def centroid_handle(centroids: np.ndarray) -> TargetHandle:
-    """The centroids as a closure-carried matrix for the assignment UDF."""
+def centroid_handle(centroids: np.ndarray, closure_max_mb: int, staging_dir: str | None) -> TargetHandle:
+    """The centroids for the assignment UDF: in its closure when small, else staged like a NormSim target.
+
+    Raises:
+        ConfigError: when they are over ``normsim.closure_max_mb`` and no ``normsim.staging_dir`` is set.
+    """
     digest = hashlib.sha256(centroids.tobytes()).hexdigest()
-    return TargetHandle("kmeans", digest, int(centroids.shape[0]), np.zeros((1, 1)), matrix=centroids)
+    rows = int(centroids.shape[0])
+    if centroids.nbytes <= closure_max_mb * (1 << 20):
+        return TargetHandle("kmeans", digest, rows, np.zeros((1, 1)), matrix=centroids)
+    if staging_dir is None:
+        raise ConfigError(
+            "normsim.staging_dir",
+            f"the {rows:,} k-means centroids take {centroids.nbytes >> 20} MiB, over normsim.closure_max_mb="
+            f"{closure_max_mb}; set normsim.staging_dir to a folder every executor can read",
+        )
+    target = io.Target("kmeans-centroids", centroids, digest, "k-means", 0)
+    return TargetHandle("kmeans", digest, rows, np.zeros((1, 1)), path=io.stage_target(target, staging_dir))
 
 
 def target_clusters(

@@ -116,7 +116,8 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
         scored = scored.transform(with_caption_filters, text_based=baselines.text_based)
     if baselines.needs_clusters and n_ok:
         with job_description(spark, f"clipsift score {run_id}: k-means"):
-            centroids = centroid_handle(fit_kmeans(ok, baselines.kmeans, n_ok))
+            fitted = fit_kmeans(ok, baselines.kmeans, n_ok)
+            centroids = centroid_handle(fitted, cfg.normsim.closure_max_mb, cfg.normsim.staging_dir)
         lineage["kmeans_clusters"] = centroids.rows
         scored = scored.transform(with_clusters, centroids=centroids, dim=dim)
         if baselines.image_based_target is not None:

@@ -7,24 +7,44 @@ from udfs.kernels._checks import l2_normalize
 from udfs.kernels.basic import basic_filter, basic_filter_parts
 from udfs.kernels.batching import batch_plan, uid_hash64
 from udfs.kernels.clipscore import clip_score
+from udfs.kernels.clipselect import (
+    SelectionRun,
+    diversity_of_group,
+    diversity_within_label,
+    minmax,
+    optimise_selection,
+    run_selection_optimiser,
+    select_top_k,
+    selection_scores,
+    semantic_alignment,
+)
 from udfs.kernels.dedup import nearest_centroid, semantic_duplicates
 from udfs.kernels.negclip import batch_parts, negclip_loss
 from udfs.kernels.normsim import normsim, normsim2_dynamic, normsim2_from_moment, normsim_inf, second_moment
 
 __all__ = [
+    "SelectionRun",
     "basic_filter",
     "basic_filter_parts",
     "batch_parts",
     "batch_plan",
     "clip_score",
+    "diversity_of_group",
+    "diversity_within_label",
     "l2_normalize",
+    "minmax",
     "nearest_centroid",
     "negclip_loss",
     "normsim",
     "normsim2_dynamic",
     "normsim2_from_moment",
     "normsim_inf",
+    "optimise_selection",
+    "run_selection_optimiser",
     "second_moment",
+    "select_top_k",
+    "selection_scores",
+    "semantic_alignment",
     "semantic_duplicates",
     "uid_hash64",
 ]
