@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
+from udfs.embed import EmbedSettings
 from udfs.ingest import METADATA_COLUMNS
 
 T = TypeVar("T")
@@ -511,26 +512,15 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class EmbedOptions:
-    """Batching, decoding limits, output dtype and commit size."""
+class EmbedOptions(EmbedSettings):
+    """The embedding UDF's settings (batching, decoding limits, output dtype) plus commit size and retries."""
 
-    image_batch_size: int = 256
-    text_batch_size: int = 1024
-    decode_threads: int = 4
-    prefetch_batches: int = 2
-    max_pixels: int = 50_000_000
-    """Images with more pixels are rejected from their header (``too_many_pixels``), before decoding."""
-    max_aspect_ratio: float = 200.0
-    max_caption_chars: int = 4096
-    dtype: Literal["float32", "float16"] = "float32"
-    """``float16`` halves storage: embeddings become little-endian half-float ``binary`` columns."""
     shards_per_commit: int = 8
     """webdataset: tar shards per Delta commit (work committed survives a crash)."""
     rows_per_commit: int = 200_000
     """table input: rows per Delta commit."""
     retry_failed: bool = True
     """Re-embed rows that failed for reasons that may pass (unreadable file, encoder error)."""
-    log_every_rows: int = 10_000
 
     def validate(self, key: str) -> None:
         for name in (
@@ -540,6 +530,8 @@ class EmbedOptions:
             _positive(f"{key}.{name}", getattr(self, name))
         if self.max_aspect_ratio < 1:
             raise ConfigError(f"{key}.max_aspect_ratio", "must be at least 1")
+        if self.dtype not in ("float32", "float16"):
+            raise ConfigError(f"{key}.dtype", f"'{self.dtype}' is not one of float32, float16")
 
 
 @dataclass(frozen=True)
@@ -559,6 +551,124 @@ class EmbedConfig:
         if self.output.format != "delta":
             raise ConfigError(_join(key, "output.format"), "embeddings are always written as Delta; remove the key")
         self.embed.validate(_join(key, "embed"))
+
+
+# --------------------------------------------------------------------------------------------------
+# CLIP-powered selection job (ALGORITHMS.md §4)
+
+
+@dataclass(frozen=True)
+class ClipSelectInputConfig:
+    """The embedding table scored by ``clipsift clipselect`` (``clipsift embed`` output or any uid + vector table)."""
+
+    table: str | None = None
+    """Catalog name (instead of ``path``)."""
+    path: str | None = None
+    """Storage path of the table."""
+    format: Literal["delta", "parquet"] = "delta"
+    uid_col: str = "uid"
+    image_col: str = "image_emb"
+    label_col: str | None = "label"
+    """Integer class index (label ``i`` is ``classes[i]``); null for the label-free variant (captions + k-means)."""
+    text_col: str | None = None
+    """Caption embedding column, used (and required) by the label-free variant only."""
+    model: str | None = None
+    """The ``model_id`` whose rows to score, when the table holds several (``clipsift embed`` output)."""
+
+    def validate(self, key: str) -> None:
+        if (self.table is None) == (self.path is None):
+            raise ConfigError(key, "give exactly one of 'table' (catalog name) or 'path' (storage path)")
+        if self.table is not None and not _TABLE_NAME.match(self.table):
+            raise ConfigError(f"{key}.table", f"'{self.table}' is not a [catalog.]schema.table name")
+        if self.label_col is None and self.text_col is None:
+            raise ConfigError(f"{key}.text_col", "the label-free variant (label_col: null) needs the caption column")
+        if self.label_col is not None and self.text_col is not None:
+            raise ConfigError(f"{key}.text_col", "only used when label_col is null (label-free variant); remove it")
+
+    @property
+    def label(self) -> str:
+        return self.table if self.table is not None else str(self.path)
+
+
+@dataclass(frozen=True)
+class AdapterTrainingConfig:
+    """Training of the linear image/text adapters (:func:`udfs.adapters.train_adapters`)."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-4
+    temperature: float = 0.07
+    seed: int = 0
+    """Seeds the per-epoch row order (a hash of uid, epoch and seed) and torch."""
+    save_path: str | None = None
+    """Folder for ``adapters.pt`` + ``provenance.json`` (required with labels; the label-free variant saves its
+    identity adapters there when given)."""
+
+    def validate(self, key: str) -> None:
+        _positive(f"{key}.epochs", self.epochs)
+        _positive(f"{key}.batch_size", self.batch_size)
+        if not (self.lr > 0 and self.temperature > 0):
+            raise ConfigError(f"{key}.lr", "lr and temperature must be positive")
+
+
+@dataclass(frozen=True)
+class ClipSelectConfig:
+    """``clipsift clipselect``: CLIP-powered selection scores (SAS, SDS, criterion) into a Delta table."""
+
+    input: ClipSelectInputConfig
+    output: TableRef
+    model: ModelConfig
+    """The open_clip model that embedded the table; it embeds the class prompts on the driver."""
+    classes: tuple[str, ...] = ()
+    """Class names, label ``i`` is ``classes[i]`` (required with labels)."""
+    prompt_template: str = "A photo of a {}"
+    adapters: AdapterTrainingConfig = AdapterTrainingConfig()
+    k: int = 50
+    """SDS neighbours (scikit-learn's n_neighbors, the row itself included)."""
+    lam: float = 0.1
+    pseudo_classes: int = 100
+    """Label-free variant: k-means clusters the SDS is computed within."""
+    kmeans_iterations: int = 20
+    optimiser_max_rows: int = 200_000
+    """Run the paper's STE optimiser on the driver (parity columns) when the ok rows are at most this many."""
+    ratios: tuple[float, ...] = (0.5, 0.9)
+    """Selection ratios of the optimiser columns ``optimiser_selected_<percent>``."""
+    run_id: str | None = None
+    spark: SparkSettings = SparkSettings()
+
+    @property
+    def labelled(self) -> bool:
+        return self.input.label_col is not None
+
+    def validate(self, key: str = "") -> None:
+        self.input.validate(_join(key, "input"))
+        self.output.validate(_join(key, "output"))
+        if self.output.format != "delta":
+            raise ConfigError(_join(key, "output.format"), "scores are always written as Delta; remove the key")
+        self.model.validate(_join(key, "model"))
+        self.adapters.validate(_join(key, "adapters"))
+        if self.labelled:
+            if not self.classes:
+                raise ConfigError(_join(key, "classes"), "give the class names (label i is classes[i])")
+            if self.adapters.save_path is None:
+                raise ConfigError(_join(key, "adapters.save_path"), "give a folder for the trained adapters")
+        if "{}" not in self.prompt_template:
+            raise ConfigError(_join(key, "prompt_template"), "must contain '{}' for the class name")
+        if self.k < 2:
+            raise ConfigError(_join(key, "k"), f"must be an integer >= 2, got {self.k}")
+        if not math.isfinite(self.lam) or self.lam < 0:
+            raise ConfigError(_join(key, "lam"), f"must be a finite number >= 0, got {self.lam}")
+        _positive(_join(key, "pseudo_classes"), self.pseudo_classes)
+        _positive(_join(key, "kmeans_iterations"), self.kmeans_iterations)
+        if self.optimiser_max_rows < 0:
+            raise ConfigError(_join(key, "optimiser_max_rows"), "must be >= 0 (0 turns the optimiser off)")
+        for i, r in enumerate(self.ratios):
+            _fraction(_join(key, f"ratios[{i}]"), r)
+        percents = [round(r * 100) for r in self.ratios]
+        if len(set(percents)) != len(percents):
+            raise ConfigError(_join(key, "ratios"), "two ratios give the same integer percent column")
+        if self.run_id is not None and not re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.run_id):
+            raise ConfigError(_join(key, "run_id"), "use 1-64 letters, digits, '_', '.' or '-'")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from jobs import io
 from jobs.config import ConfigError, EmbedConfig, ModelConfig, from_argv, to_dict
 from jobs.schemas import STATUS
 from jobs.session import get_spark, job_description, session_conf
-from udfs.embed import RETRYABLE, EmbedSettings, embed_fn, output_ddl
+from udfs.embed import RETRYABLE, embed_fn, output_ddl
 from udfs.models import ModelIdentity, ModelLoadError, ModelSpec, identify
 
 LOG = logging.getLogger("clipsift.embed")
@@ -92,22 +92,6 @@ def model_spec(cfg: ModelConfig) -> ModelSpec:
     )
 
 
-def settings_of(cfg: EmbedConfig) -> EmbedSettings:
-    """The UDF's settings from the job config."""
-    e = cfg.embed
-    return EmbedSettings(
-        image_batch_size=e.image_batch_size,
-        text_batch_size=e.text_batch_size,
-        decode_threads=e.decode_threads,
-        prefetch_batches=e.prefetch_batches,
-        max_pixels=e.max_pixels,
-        max_aspect_ratio=e.max_aspect_ratio,
-        max_caption_chars=e.max_caption_chars,
-        dtype=e.dtype,
-        log_every_rows=e.log_every_rows,
-    )
-
-
 def run(spark: SparkSession, cfg: EmbedConfig) -> EmbedResult:
     """Embed what ``cfg.output`` lacks of ``cfg.input`` for ``cfg.model``, a commit at a time."""
     started = time.time()
@@ -146,7 +130,7 @@ def run(spark: SparkSession, cfg: EmbedConfig) -> EmbedResult:
 
     embedded = 0
     chunks = _chunks(cfg, todo, shards, n_todo)
-    udf = embed_fn(spec, settings_of(cfg), fetch=io.read_bytes)
+    udf = embed_fn(spec, cfg.embed, fetch=io.read_bytes)
     # Arrow batches of one image batch each: the UDF's batches line up with the model's.
     arrow_batch = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.embed.image_batch_size)}
     for i, (label, rows) in enumerate(chunks):

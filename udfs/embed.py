@@ -54,8 +54,10 @@ class EmbedSettings:
     prefetch_batches: int = 2
     """Batches decoded ahead of the one being encoded."""
     max_pixels: int = 50_000_000
+    """Images with more pixels are rejected from their header (``too_many_pixels``), before decoding."""
     max_aspect_ratio: float = 200.0
     max_caption_chars: int = 4096
+    """Captions are cut to this many characters before the tokenizer (which truncates to its context)."""
     dtype: str = "float32"
     """``float32``: ``array<float>`` columns; ``float16``: little-endian half floats in a ``binary`` column."""
     log_every_rows: int = 10_000
