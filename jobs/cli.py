@@ -11,6 +11,7 @@ USAGE = """usage: clipsift COMMAND [options]
 commands:
   embed    open_clip embeddings into a Delta table (clipsift embed --config embed.yaml [--set k=v ...])
   score    score a pool into a Delta table      (clipsift score --config score.yaml [--set k=v ...])
+  clipselect  CLIP-powered selection scores    (clipsift clipselect --config clipselect.yaml [--set k=v ...])
   select   selections over scores as SQL views  (clipsift select --config select.yaml [--set k=v ...])
   synth    write a synthetic DataComp-style pool (clipsift synth --out DIR)
   demo     synth + score + select + a summary    (clipsift demo --out DIR)
@@ -18,9 +19,16 @@ commands:
 
 
 def _commands() -> dict[str, Callable[[Sequence[str]], int]]:
-    from jobs import demo, embed, score, select, synth
+    from jobs import clipselect, demo, embed, score, select, synth
 
-    return {"embed": embed.main, "score": score.main, "select": select.main, "synth": synth.main, "demo": demo.main}
+    return {
+        "embed": embed.main,
+        "score": score.main,
+        "clipselect": clipselect.main,
+        "select": select.main,
+        "synth": synth.main,
+        "demo": demo.main,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,473 @@
+"""``clipsift clipselect``: CLIP-powered selection scores (Yang et al., ICLR 2025; ALGORITHMS.md §4) on Spark.
+
+Reads:  an embedding table (``input``: uid, image embedding and an integer label, or a caption embedding for
+        the label-free variant) and the open_clip model (``model``) to embed the class prompts on the driver.
+Writes: the adapters (``adapters.save_path``: ``adapters.pt`` + ``provenance.json``), the score table
+        (``output``; Delta, partitioned by ``run_id``; this run's partition is replaced atomically) and the runs
+        table ``<output>_runs``.
+
+Columns: ``sas`` (cosine of the adapted image and the adapted prompt of its label), ``sds`` (mean Euclidean
+distance to the ``k − 1`` nearest adapted images of the same label), ``sas_norm`` / ``sds_norm`` (min-max over
+the ok rows, from Spark aggregates), ``clipselect_score`` = ``sas_norm / mean(sas_norm) + lam · sds_norm /
+mean(sds_norm)`` (the paper's criterion; its top-k is what the optimiser selects), and, when the ok rows are at
+most ``optimiser_max_rows``, ``optimiser_selected_<percent>`` from the paper's STE optimiser run on the driver
+(for parity). The scalable selection is ``clipsift select`` ``top_fraction`` on ``clipselect_score``.
+
+Label-free variant (``input.label_col: null``): SAS is the cosine of image and caption embeddings through
+identity adapters (nothing is trained: without labels there are no class prompts to align to, and training on
+the pairs themselves would fit the captions being judged); SDS is computed within k-means pseudo-classes
+(``pseudo_classes``) of the image embeddings, the cluster id is the ``sds_group`` column.
+
+Every input row appears exactly once: ``ok`` with scores, or another status (``null_uid``, ``duplicate_uid``,
+``null_embedding``, ``bad_dimension``, ``non_finite_embedding``, ``zero_norm``, ``missing_label``,
+``bad_label``) and the reason in ``error``. A singleton class has no neighbour: its ``sds`` is null and its
+``sds_norm`` counts as 0 in the criterion.
+"""
+
+from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:
+    import os as _os
+    import sys as _sys
+
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
+    _sys.path.insert(0, _os.path.dirname(_here))
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import DoubleType, StructField, StructType
+
+import jobs
+from jobs import io
+from jobs.baselines import centroid_handle, fit_kmeans, with_clusters
+from jobs.config import ClipSelectConfig, ConfigError, KMeansConfig, from_argv, to_dict
+from jobs.embed import model_spec
+from jobs.schemas import STATUS
+from jobs.session import get_spark, job_description
+from udfs.adapters import AdapterPair, apply_text, save_adapters, train_adapters
+from udfs.kernels.clipselect import diversity_of_group, optimise_selection
+from udfs.models import get_model
+
+MISSING_LABEL = "missing_label"
+BAD_LABEL = "bad_label"
+SCORE_COLUMNS = ("sas", "sds", "sas_norm", "sds_norm", "clipselect_score")
+
+
+@dataclass(frozen=True)
+class ClipSelectResult:
+    """What a clipselect run did."""
+
+    run_id: str
+    rows_in: int
+    rows_out: int
+    by_status: dict[str, int]
+    seconds: float
+    final_loss: float | None
+
+
+def run(spark: SparkSession, cfg: ClipSelectConfig) -> ClipSelectResult:
+    """Score the rows of ``cfg.input`` and write this run's partition of ``cfg.output``."""
+    started = time.time()
+    started_at = datetime.now(timezone.utc)
+    run_id = cfg.run_id or derive_run_id(cfg)
+    raw = _read(spark, cfg)
+    dim = _detect_dim(raw)
+    n_classes = len(cfg.classes) if cfg.labelled else None
+    checked = (
+        raw.withColumn("_rid", F.monotonically_increasing_id())
+        .transform(with_status, dim=dim, n_classes=n_classes)
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    rows_in = checked.count()
+    ok = checked.where(F.col("status") == STATUS.OK)
+    n_ok = ok.count()
+
+    lineage: dict[str, Any] = {"input": cfg.input.label, "model": cfg.model.name, "code_version": jobs.__version__}
+    final_loss: float | None = None
+    scored: DataFrame | None = None
+    if n_ok:
+        if cfg.labelled:
+            encoder = get_model(model_spec(cfg.model))
+            prompts = encoder.encode_texts([cfg.prompt_template.format(c) for c in cfg.classes])
+            losses: list[float] = []
+            with job_description(spark, f"clipsift clipselect {run_id}: adapters"):
+                pair = train_adapters(
+                    epoch_batches(ok, cfg.adapters.batch_size, cfg.adapters.seed),
+                    prompts,
+                    epochs=cfg.adapters.epochs,
+                    lr=cfg.adapters.lr,
+                    temperature=cfg.adapters.temperature,
+                    seed=cfg.adapters.seed,
+                    on_step=lambda _step, loss: losses.append(loss),
+                )
+            final_loss = losses[-1] if losses else None
+            grouped = ok.withColumn("sds_group", F.col("label"))
+            prompt_adapted = apply_text(pair, prompts)
+        else:
+            pair = AdapterPair(dim)  # identity: see the module docstring
+            with job_description(spark, f"clipsift clipselect {run_id}: k-means"):
+                kmeans = KMeansConfig(
+                    clusters=cfg.pseudo_classes, iterations=cfg.kmeans_iterations, seed=cfg.adapters.seed
+                )
+                centroids = centroid_handle(fit_kmeans(ok, kmeans, n_ok), closure_max_mb=256, staging_dir=None)
+            grouped = ok.transform(with_clusters, centroids=centroids, dim=dim).withColumn(
+                "sds_group", F.col("image_cluster")
+            )
+            prompt_adapted = None
+        if cfg.adapters.save_path is not None:
+            provenance = {
+                "model": cfg.model.name, "pretrained": cfg.model.pretrained, "classes": list(cfg.classes),
+                "prompt_template": cfg.prompt_template, "training": to_dict(cfg.adapters), "final_loss": final_loss,
+                "input": cfg.input.label, "label_col": cfg.input.label_col, "rows": n_ok, "run_id": run_id,
+                "trained": cfg.labelled,
+            }  # fmt: skip
+            save_adapters(pair, cfg.adapters.save_path, provenance)
+        weights = _weights(pair)
+        scored = (
+            grouped.transform(with_sas, weights=weights, prompts=prompt_adapted)
+            .transform(with_sds, weights=weights, k=cfg.k)
+            .transform(with_minmax)
+        )
+        scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
+        scored = scored.transform(with_criterion, lam=cfg.lam)
+        if cfg.optimiser_max_rows and n_ok <= cfg.optimiser_max_rows:
+            with job_description(spark, f"clipsift clipselect {run_id}: optimiser"):
+                scored = scored.join(optimiser_columns(spark, scored, cfg.ratios, cfg.lam), on="_rid", how="left")
+        lineage["adapters"] = cfg.adapters.save_path
+        lineage["final_loss"] = final_loss
+
+    columns = output_columns(cfg, n_ok)
+    rest = checked.where(F.col("status") != STATUS.OK)
+    out = rest if scored is None else scored.unionByName(rest, allowMissingColumns=True)
+    for c in columns:
+        if c not in out.columns:
+            out = out.withColumn(c, F.lit(None).cast("boolean" if c.startswith("optimiser_") else "double"))
+    if "sds_group" not in out.columns:
+        out = out.withColumn("sds_group", F.lit(None).cast("int"))
+    out = out.select(
+        "uid", "status", "error", "label", F.col("sds_group").cast("int").alias("sds_group"), *columns,
+        F.lit(json.dumps(lineage, sort_keys=True)).alias("lineage"),
+        F.lit(started_at.replace(tzinfo=None)).cast("timestamp").alias("scored_at"),
+        F.lit(run_id).alias("run_id"),
+    )  # fmt: skip
+    io.replace_partition(out, cfg.output, "run_id", run_id)
+    checked.unpersist()
+    if scored is not None:
+        scored.unpersist()
+
+    written = io.read_delta(spark, cfg.output).where(F.col("run_id") == run_id)
+    by_status = {r["status"]: int(r["count"]) for r in written.groupBy("status").count().collect()}
+    rows_out = sum(by_status.values())
+    seconds = time.time() - started
+    _record_run(spark, cfg, run_id, lineage, started_at, seconds, rows_in, by_status)
+    if rows_out != rows_in:
+        raise RuntimeError(f"run {run_id}: {rows_in} rows read but {rows_out} written; the table was left as written")
+    return ClipSelectResult(run_id, rows_in, rows_out, by_status, seconds, final_loss)
+
+
+def derive_run_id(cfg: ClipSelectConfig) -> str:
+    """A run id from the settings that determine the scores."""
+    basis = {k: v for k, v in to_dict(cfg).items() if k not in ("spark", "run_id", "output")}
+    basis["code_version"] = jobs.__version__
+    return "clipselect-" + hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read(spark: SparkSession, cfg: ClipSelectConfig) -> DataFrame:
+    c = cfg.input
+    df = spark.read.table(c.table) if c.table is not None else spark.read.format(c.format).load(c.path)
+    wanted = [x for x in (c.uid_col, c.image_col, c.label_col, c.text_col) if x]
+    missing = [x for x in wanted if x not in df.columns]
+    if missing:
+        raise ConfigError("input", f"'{c.label}' has no column {missing[0]!r} (columns: {', '.join(df.columns)})")
+    if c.model is not None:
+        if "model_id" not in df.columns:
+            raise ConfigError("input.model", f"input '{c.label}' has no model_id column; remove input.model")
+        df = df.where(F.col("model_id") == c.model)
+    label = F.col(c.label_col).cast("long") if c.label_col else F.lit(None).cast("long")
+    text = F.col(c.text_col).cast("array<float>") if c.text_col else F.lit(None).cast("array<float>")
+    return df.select(
+        F.col(c.uid_col).cast("string").alias("uid"),
+        F.col(c.image_col).cast("array<float>").alias("image_emb"),
+        text.alias("text_emb"),
+        label.alias("label"),
+    )
+
+
+def _detect_dim(raw: DataFrame) -> int:
+    sizes = raw.where(F.col("image_emb").isNotNull()).groupBy(F.size("image_emb").alias("d")).count()
+    row = sizes.orderBy(F.col("count").desc(), F.col("d").asc()).first()
+    if row is None:
+        raise ValueError("the input has no image embeddings; check input.image_col")
+    return int(row["d"])
+
+
+def _embedding_problem(col: str, dim: int) -> tuple[Column, Column]:
+    """(status, error) of the first problem of an embedding column, null when it is fine."""
+    c = F.col(col)
+    not_finite = F.exists(c, lambda v: F.isnan(v) | (F.abs(v) == float("inf")))
+    norm2 = F.aggregate(c, F.lit(0.0).cast("double"), lambda acc, v: acc + v.cast("double") * v.cast("double"))
+    status = (
+        F.when(c.isNull(), F.lit(STATUS.NULL_EMBEDDING))
+        .when(F.size(c) != dim, F.lit(STATUS.BAD_DIMENSION))
+        .when(not_finite, F.lit(STATUS.NON_FINITE))
+        .when(norm2 == 0, F.lit(STATUS.ZERO_NORM))
+    )
+    error = F.when(status.isNotNull(), F.concat(F.lit(f"{col}: "), status))
+    return status, error
+
+
+def with_status(df: DataFrame, *, dim: int, n_classes: int | None) -> DataFrame:
+    """Add ``status`` and ``error``; later rows of a repeated uid become ``duplicate_uid``.
+
+    With ``n_classes`` the label must be non-null and in ``[0, n_classes)``; without, the caption embedding is
+    checked like the image embedding.
+    """
+    img_status, img_error = _embedding_problem("image_emb", dim)
+    status = F.when(F.col("uid").isNull(), F.lit(STATUS.NULL_UID)).otherwise(img_status)
+    error = F.when(F.col("uid").isNull(), F.lit("null uid")).otherwise(img_error)
+    if n_classes is not None:
+        label = F.col("label")
+        status = F.coalesce(
+            status,
+            F.when(label.isNull(), F.lit(MISSING_LABEL)).when((label < 0) | (label >= n_classes), F.lit(BAD_LABEL)),
+        )
+        error = F.coalesce(
+            error,
+            F.when(label.isNull(), F.lit("null label")).when(
+                (label < 0) | (label >= n_classes),
+                F.concat(F.lit("label "), label.cast("string"), F.lit(f" outside [0, {n_classes})")),
+            ),
+        )
+    else:
+        txt_status, txt_error = _embedding_problem("text_emb", dim)
+        status = F.coalesce(status, txt_status)
+        error = F.coalesce(error, txt_error)
+    marked = df.withColumn("status", F.coalesce(status, F.lit(STATUS.OK))).withColumn("error", error)
+    first = F.row_number().over(Window.partitionBy("uid").orderBy("_rid"))
+    dup = (F.col("status") == STATUS.OK) & F.col("uid").isNotNull() & (first > 1)
+    return marked.select(
+        *[c for c in marked.columns if c not in ("status", "error")],
+        F.when(dup, F.lit(STATUS.DUPLICATE_UID)).otherwise(F.col("status")).alias("status"),
+        F.when(dup, F.lit("uid seen before")).otherwise(F.col("error")).alias("error"),
+    )
+
+
+def epoch_batches(ok: DataFrame, batch_size: int, seed: int) -> Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]:
+    """A callable giving one epoch of ``(embeddings, labels)`` mini-batches streamed to the driver.
+
+    Each epoch orders the rows by a seeded hash of (uid, epoch) and streams them with ``toLocalIterator``
+    (one partition at a time), so the driver holds one partition and one batch, never the table.
+    """
+    epoch = iter(range(1 << 30))
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        e = next(epoch)
+        order = F.xxhash64("uid", F.lit(e), F.lit(seed))
+        rows = ok.select("image_emb", "label").orderBy(order).toLocalIterator(prefetchPartitions=False)
+        images: list[list[float]] = []
+        labels: list[int] = []
+        for r in rows:
+            images.append(r["image_emb"])
+            labels.append(r["label"])
+            if len(images) == batch_size:
+                yield np.asarray(images, dtype=np.float32), np.asarray(labels, dtype=np.int64)
+                images, labels = [], []
+        if images:
+            yield np.asarray(images, dtype=np.float32), np.asarray(labels, dtype=np.int64)
+
+    return batches
+
+
+def _weights(pair: AdapterPair) -> dict[str, np.ndarray]:
+    """The adapters as float32 numpy (they travel in the UDF closures)."""
+    return {
+        "image_w": pair.image.weight.detach().numpy().astype(np.float32),
+        "image_b": pair.image.bias.detach().numpy().astype(np.float32),
+        "text_w": pair.text.weight.detach().numpy().astype(np.float32),
+        "text_b": pair.text.bias.detach().numpy().astype(np.float32),
+    }
+
+
+def _matrix(column: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarray:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=np.float32).reshape(-1, dim)
+
+
+def _adapt(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``x Wᵀ + b`` in float32, as ``torch.nn.Linear`` computes it."""
+    out: np.ndarray = x @ w.T + b
+    return out
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    num = np.einsum("ij,ij->i", a64, b64)
+    den = np.sqrt(np.einsum("ij,ij->i", a64, a64) * np.einsum("ij,ij->i", b64, b64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out: np.ndarray = np.where(den > 0, num / den, np.nan)
+    return out
+
+
+def with_sas(df: DataFrame, *, weights: dict[str, np.ndarray], prompts: np.ndarray | None) -> DataFrame:
+    """Add ``sas``: cosine of the adapted image and the adapted prompt of its label (``prompts``), or of the
+    adapted caption embedding (``text_emb``) when ``prompts`` is None. An Arrow batch UDF, adapters in the closure.
+    """
+    dim = int(weights["image_w"].shape[1])
+    schema = StructType([*df.schema.fields, StructField("sas", DoubleType())])
+    names = df.columns
+
+    def sas_fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            img = _adapt(_matrix(batch.column(names.index("image_emb")), dim), weights["image_w"], weights["image_b"])
+            if prompts is None:
+                txt = _matrix(batch.column(names.index("text_emb")), dim)
+                other = _adapt(txt, weights["text_w"], weights["text_b"])
+            else:
+                labels = batch.column(names.index("label")).to_numpy(zero_copy_only=False).astype(np.int64)
+                other = prompts[labels]
+            sas = _cosine(img, other) if len(img) else np.zeros(0)
+            yield pa.RecordBatch.from_arrays([*batch.columns, pa.array(sas, pa.float64())], names=[*names, "sas"])
+
+    return df.mapInArrow(sas_fn, schema)
+
+
+def with_sds(df: DataFrame, *, weights: dict[str, np.ndarray], k: int) -> DataFrame:
+    """Add ``sds``: :func:`diversity_of_group` on the adapted images of each ``sds_group`` (one task per group).
+
+    A singleton group gets null.
+    """
+    dim = int(weights["image_w"].shape[1])
+
+    def sds_fn(table: pa.Table) -> pa.Table:
+        img = _adapt(_matrix(table.column("image_emb"), dim), weights["image_w"], weights["image_b"])
+        sds = diversity_of_group(img, k) if len(img) else np.zeros(0)
+        values = pa.array(sds, pa.float64(), mask=np.isnan(sds))
+        return pa.table({"_rid": table.column("_rid"), "sds": values})
+
+    parts = (
+        df.select("_rid", "sds_group", "image_emb").groupBy("sds_group").applyInArrow(sds_fn, "_rid long, sds double")
+    )
+    return df.join(parts, on="_rid", how="left")
+
+
+def with_minmax(df: DataFrame) -> DataFrame:
+    """Add ``sas_norm`` and ``sds_norm``: min-max over the frame, bounds from one Spark aggregate.
+
+    A constant score maps to 0; nulls stay null.
+    """
+    bounds = df.agg(
+        F.min("sas").alias("sas_lo"),
+        F.max("sas").alias("sas_hi"),
+        F.min("sds").alias("sds_lo"),
+        F.max("sds").alias("sds_hi"),
+    )
+    out = df.crossJoin(F.broadcast(bounds))
+    for name in ("sas", "sds"):
+        lo, hi = F.col(f"{name}_lo"), F.col(f"{name}_hi")
+        out = out.withColumn(
+            f"{name}_norm",
+            F.when(hi > lo, (F.col(name) - lo) / (hi - lo)).otherwise(F.when(F.col(name).isNotNull(), 0.0)),
+        )
+    return out.drop("sas_lo", "sas_hi", "sds_lo", "sds_hi")
+
+
+def with_criterion(df: DataFrame, *, lam: float) -> DataFrame:
+    """Add ``clipselect_score`` = ``sas_norm / mean(sas_norm) + lam · sds_norm / mean(sds_norm)``.
+
+    Means come from one Spark aggregate; a null ``sds_norm`` (singleton group) counts as 0, a term whose mean
+    is 0 contributes 0 (as :func:`udfs.kernels.clipselect.selection_scores`).
+    """
+    sds_n = F.coalesce(F.col("sds_norm"), F.lit(0.0))
+    means = df.agg(F.avg("sas_norm").alias("_sas_mean"), F.avg(sds_n).alias("_sds_mean"))
+    sas_term = F.when(F.col("_sas_mean") != 0, F.col("sas_norm") / F.col("_sas_mean")).otherwise(0.0)
+    sds_term = F.when(F.col("_sds_mean") != 0, sds_n / F.col("_sds_mean")).otherwise(0.0)
+    return (
+        df.crossJoin(F.broadcast(means))
+        .withColumn("clipselect_score", sas_term + F.lit(float(lam)) * sds_term)
+        .drop("_sas_mean", "_sds_mean")
+    )
+
+
+def optimiser_column(ratio: float) -> str:
+    """``optimiser_selected_<ratio as integer percent>``."""
+    return f"optimiser_selected_{round(ratio * 100)}"
+
+
+def optimiser_columns(spark: SparkSession, scored: DataFrame, ratios: Sequence[float], lam: float) -> DataFrame:
+    """``_rid`` and one boolean column per ratio from the paper's STE optimiser, run on the driver.
+
+    Only for pools of at most ``optimiser_max_rows`` rows: the three columns it needs are collected.
+    """
+    local = scored.select("_rid", "sas_norm", F.coalesce(F.col("sds_norm"), F.lit(0.0)).alias("sds_norm")).toPandas()
+    sas_n = local["sas_norm"].to_numpy(dtype=np.float64)
+    sds_n = local["sds_norm"].to_numpy(dtype=np.float64)
+    data = {"_rid": local["_rid"].to_numpy(dtype=np.int64)}
+    for r in ratios:
+        data[optimiser_column(r)] = optimise_selection(sas_n, sds_n, r, lam=lam)
+    ddl = ", ".join(["_rid long", *(f"{optimiser_column(r)} boolean" for r in ratios)])
+    return spark.createDataFrame(pd.DataFrame(data), ddl)
+
+
+def output_columns(cfg: ClipSelectConfig, n_ok: int) -> list[str]:
+    """The score columns of a run (the optimiser's only when it runs)."""
+    cols = list(SCORE_COLUMNS)
+    if cfg.optimiser_max_rows and 0 < n_ok <= cfg.optimiser_max_rows:
+        cols += [optimiser_column(r) for r in cfg.ratios]
+    return cols
+
+
+def _record_run(
+    spark: SparkSession,
+    cfg: ClipSelectConfig,
+    run_id: str,
+    lineage: dict[str, Any],
+    started_at: datetime,
+    seconds: float,
+    rows_in: int,
+    by_status: dict[str, int],
+) -> None:
+    record = spark.createDataFrame(
+        [
+            (
+                run_id, started_at.replace(tzinfo=None), float(seconds), cfg.input.label, int(rows_in),
+                json.dumps(by_status, sort_keys=True), json.dumps(to_dict(cfg), sort_keys=True),
+                json.dumps(lineage, sort_keys=True), jobs.__version__,
+            )
+        ],
+        "run_id string, started_at timestamp, seconds double, input string, rows bigint, rows_by_status string, "
+        "config string, lineage string, code_version string",
+    )  # fmt: skip
+    io.replace_partition(record, io.sibling(cfg.output, "runs"), "run_id", run_id)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: ``clipsift clipselect --config clipselect.yaml [--set key=value ...]``; 2 on a bad config."""
+    try:
+        cfg = from_argv(ClipSelectConfig, "clipsift clipselect", argv)
+        result = run(get_spark(cfg.spark.app_name, cfg.spark.conf), cfg)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"clipsift clipselect: {exc}", file=sys.stderr)
+        return 2
+    statuses = ", ".join(f"{k}={v}" for k, v in sorted(result.by_status.items()))
+    print(f"clipsift clipselect: run {result.run_id}: {result.rows_in} rows in, {result.rows_out} out ({statuses})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
