@@ -40,7 +40,7 @@ def fit_kmeans(ok: DataFrame, cfg: KMeansConfig, n_ok: int) -> np.ndarray:
     if cfg.fit_rows is not None and cfg.fit_rows < n_ok:
         data = data.sample(fraction=cfg.fit_rows / n_ok, seed=cfg.seed)
         n_fit = cfg.fit_rows
-    k = max(1, min(cfg.clusters, n_fit))
+    k = max(2, min(cfg.clusters, n_fit))  # MLlib needs k > 1
     model = KMeans(k=k, maxIter=cfg.iterations, seed=cfg.seed, featuresCol="features").fit(data)
     return np.ascontiguousarray(np.stack(model.clusterCenters()), dtype=np.float32)
 

@@ -249,7 +249,8 @@ class KMeansConfig:
     """Fit on a seeded sample of about this many rows (null: every ok row); every row is then assigned."""
 
     def validate(self, key: str) -> None:
-        _positive(f"{key}.clusters", self.clusters)
+        if self.clusters < 2:
+            raise ConfigError(f"{key}.clusters", f"must be at least 2 (MLlib k-means), got {self.clusters}")
         _positive(f"{key}.iterations", self.iterations)
         if self.fit_rows is not None:
             _positive(f"{key}.fit_rows", self.fit_rows)

@@ -106,51 +106,43 @@ def run(spark: SparkSession, cfg: EmbedConfig) -> EmbedResult:
 
     model_filter = F.col("model_id") == ident.model_id
     exists = io.table_exists(spark, cfg.output)
-    if exists and cfg.embed.retry_failed:
-        retry = ", ".join(io.sql_string(s) for s in RETRYABLE)
-        condition = f"image_status IN ({retry}) OR text_status IN ({retry})"
-        io.delete_where(spark, cfg.output, f"model_id = {io.sql_string(ident.model_id)} AND ({condition})")
-    done = (
-        io.read_delta(spark, cfg.output).where(model_filter).select("uid")
-        if exists
-        else spark.createDataFrame([], "uid string")
-    )
-
     with job_description(spark, f"clipsift embed {run_id}: list input rows"):
         keys, shards = _input_keys(spark, cfg)
         keys = keys.persist(StorageLevel.MEMORY_AND_DISK)
         rows_in = keys.count()
         kept, rejects = _split_rows(spark, cfg, keys)
-        todo = kept.join(done, on="uid", how="left_anti").persist(StorageLevel.MEMORY_AND_DISK)
+        if exists and cfg.embed.retry_failed:
+            _drop_retryable(spark, cfg, ident.model_id, kept)
+        done = io.read_delta(spark, cfg.output).where(model_filter).select("uid") if exists else None
+        todo = kept if done is None else kept.join(done, on="uid", how="left_anti")
+        todo = todo.persist(StorageLevel.MEMORY_AND_DISK)
         n_todo = todo.count()
-        n_rejected = _write_rejects(rejects, cfg, ident, run_id)
+        sources = shards if cfg.input.kind == "webdataset" else [cfg.input.label]
+        n_rejected = _write_rejects(rejects, cfg, ident, run_id, sources)
     already_done = rows_in - n_rejected - n_todo
     LOG.info("run %s: %d rows in, %d already embedded, %d rejected, %d to embed", run_id, rows_in, already_done,
              n_rejected, n_todo)  # fmt: skip
 
-    embedded = 0
-    chunks = _chunks(cfg, todo, shards, n_todo)
     udf = embed_fn(spec, cfg.embed, fetch=io.read_bytes)
     # Arrow batches of one image batch each: the UDF's batches line up with the model's.
     arrow_batch = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.embed.image_batch_size)}
-    for i, (label, rows) in enumerate(chunks):
-        t0 = time.time()
-        description = f"clipsift embed {run_id}: commit {i + 1}/{len(chunks)} ({label})"
-        with job_description(spark, description), session_conf(spark, arrow_batch):
-            out = _embed(rows, udf, cfg, ident, run_id, started_at)
-            io.append_table(out, cfg.output, partition_by="model_id")
-        written = _last_commit_rows(spark, cfg)
-        embedded += written
-        seconds = time.time() - t0
-        LOG.info("run %s: commit %d/%d (%s): %d rows in %.1f s (%.1f rows/s)", run_id, i + 1, len(chunks), label,
-                 written, seconds, written / max(seconds, 1e-9))  # fmt: skip
-    keys.unpersist()
-    todo.unpersist()
+    try:
+        chunks = _chunks(cfg, todo, shards, n_todo)
+        for i, (label, rows) in enumerate(chunks):
+            t0 = time.time()
+            description = f"clipsift embed {run_id}: commit {i + 1}/{len(chunks)} ({label})"
+            with job_description(spark, description), session_conf(spark, arrow_batch):
+                io.append_table(_embed(rows, udf, cfg, ident, run_id, started_at), cfg.output, partition_by="model_id")
+            LOG.info("run %s: commit %d/%d (%s) in %.1f s", run_id, i + 1, len(chunks), label, time.time() - t0)
+    finally:
+        keys.unpersist()
+        todo.unpersist()
 
     by_status: dict[str, int] = {}
-    if embedded:
+    if n_todo:
         mine = io.read_delta(spark, cfg.output).where(model_filter & (F.col("run_id") == run_id))
         by_status = {r["status"]: int(r["count"]) for r in mine.groupBy("status").count().collect()}
+    embedded = sum(by_status.values())
     seconds = time.time() - started
     result = EmbedResult(
         run_id=run_id,
@@ -228,14 +220,35 @@ def _split_rows(spark: SparkSession, cfg: EmbedConfig, keys: DataFrame) -> tuple
     return unique.unionByName(first), rejects.unionByName(later)
 
 
-def _write_rejects(rejects: DataFrame, cfg: EmbedConfig, ident: ModelIdentity, run_id: str) -> int:
-    """Replace this model's rejects with the ones found now; returns their count."""
+def _drop_retryable(spark: SparkSession, cfg: EmbedConfig, model_id: str, kept: DataFrame) -> None:
+    """Delete this model's rows that failed for reasons that may pass, when this run's input has their uid
+    (so they are embedded again now); failed rows of uids outside this input stay as they are."""
+    retry = ", ".join(io.sql_string(s) for s in RETRYABLE)
+    failed = (
+        io.read_delta(spark, cfg.output)
+        .where((F.col("model_id") == model_id) & F.expr(f"image_status IN ({retry}) OR text_status IN ({retry})"))
+        .select("uid")
+        .join(kept.select("uid"), on="uid", how="left_semi")
+    )
+    io.delete_matching(spark, cfg.output, failed, key="uid", condition=f"t.model_id = {io.sql_string(model_id)}")
+
+
+def _write_rejects(
+    rejects: DataFrame, cfg: EmbedConfig, ident: ModelIdentity, run_id: str, sources: Sequence[str]
+) -> int:
+    """Replace this model's rejects from this run's sources with the ones found now; returns their count.
+
+    Rejects of other sources (shards or tables of earlier runs) stay.
+    """
     provenance = (F.lit(ident.model_id).alias("model_id"), F.lit(run_id).alias("run_id"))
     out = rejects.select("uid", "source", "source_row", "status", "error", *provenance)
     ref = io.sibling(cfg.output, "rejects")
-    io.replace_partition(out, ref, "model_id", ident.model_id)
+    listed = ", ".join(io.sql_string(s) for s in sources)
+    condition = f"model_id = {io.sql_string(ident.model_id)} AND source IN ({listed})"
+    io.replace_where(out, ref, condition, partition_by="model_id")
     spark = rejects.sparkSession
-    return int(io.read_delta(spark, ref).where(F.col("model_id") == ident.model_id).count())
+    mine = io.read_delta(spark, ref).where((F.col("model_id") == ident.model_id) & F.col("source").isin(list(sources)))
+    return int(mine.count())
 
 
 def _chunks(cfg: EmbedConfig, todo: DataFrame, shards: Sequence[str], n_todo: int) -> list[tuple[str, DataFrame]]:
@@ -264,6 +277,7 @@ def _chunks(cfg: EmbedConfig, todo: DataFrame, shards: Sequence[str], n_todo: in
         rows = pairs.where(bucket == j).join(wanted, on="uid", how="inner")
         # A repeated uid keeps only its first row: the content hash picks it (computed only for those rows).
         rows = rows.where(F.col("_kept_hash").isNull() | (_row_hash() == F.col("_kept_hash"))).drop("_kept_hash")
+        rows = rows.dropDuplicates(["uid"])  # rows identical in content tie on the hash: keep one
         out.append((f"bucket {j + 1} of {n_chunks}", rows))
     return out
 
@@ -305,13 +319,6 @@ def _embed(
         F.lit(run_id).alias("run_id"),
         F.lit(started_at).cast("timestamp").alias("embedded_at"),
     )
-
-
-def _last_commit_rows(spark: SparkSession, cfg: EmbedConfig) -> int:
-    """Rows the latest commit of the output table added (Delta's operation metrics)."""
-    history = spark.sql(f"DESCRIBE HISTORY {io.sql_table(cfg.output)} LIMIT 1").collect()[0]
-    metrics = history["operationMetrics"] or {}
-    return int(metrics.get("numOutputRows", 0))
 
 
 def _record_run(

@@ -360,8 +360,8 @@ def _read_tar(path: str, exts: tuple[str, ...], keys_only: bool, rows_per_batch:
                     uid = found
                 elif found is not None:
                     errors.append(f"{key}.json has a uid that is not a string ({found!r}); the key is used as uid")
-            except (ValueError, UnicodeDecodeError) as exc:
-                errors.append(f"{key}.json is not valid JSON ({exc}); the key is used as uid")
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                errors.append(f"{key}.json is not valid JSON ({type(exc).__name__}); the key is used as uid")
         image_ext = next((e for e in exts if e in members), None)
         if image_ext is None:
             names = ", ".join(sorted(members))
@@ -616,9 +616,27 @@ def append_table(df: DataFrame, ref: TableRef, partition_by: str | None = None) 
         writer.save(str(ref.path))
 
 
-def delete_where(spark: SparkSession, ref: TableRef, condition: str) -> None:
-    """``DELETE FROM ref WHERE condition`` (a Delta commit; nothing happens when no row matches)."""
-    spark.sql(f"DELETE FROM {sql_table(ref)} WHERE {condition}")
+def replace_where(df: DataFrame, ref: TableRef, condition: str, partition_by: str | None = None) -> None:
+    """Replace the rows of ``ref`` matching ``condition`` with ``df`` in one Delta commit (created on first use)."""
+    writer = df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
+    if partition_by is not None:
+        writer = writer.partitionBy(partition_by)
+    if ref.table is not None:
+        writer.saveAsTable(ref.table)
+    else:
+        writer.save(str(ref.path))
+
+
+def delete_matching(spark: SparkSession, ref: TableRef, keys: DataFrame, key: str, condition: str) -> None:
+    """Delete the rows of ``ref`` whose ``key`` is in ``keys`` and that satisfy ``condition`` (on alias ``t``).
+
+    One Delta ``MERGE ... WHEN MATCHED THEN DELETE`` commit.
+    """
+    from delta.tables import DeltaTable
+
+    table = DeltaTable.forName(spark, ref.table) if ref.table is not None else DeltaTable.forPath(spark, str(ref.path))
+    match = f"t.{quote_ident(key)} = s.{quote_ident(key)} AND {condition}"
+    table.alias("t").merge(keys.alias("s"), match).whenMatchedDelete().execute()
 
 
 def overwrite_table(df: DataFrame, ref: TableRef) -> None:

@@ -95,7 +95,7 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
     for t in targets:
         if t.matrix.shape[1] != dim:
             raise ConfigError(f"normsim.targets[{t.name}]", f"target has dimension {t.matrix.shape[1]}, the pool {dim}")
-    handles = [_handle(t, cfg.normsim) for t in targets]
+    handles = [_handle(t, cfg.normsim, rows_needed=t.name == cfg.baselines.image_based_target) for t in targets]
 
     checked = raw.transform(with_checked_embeddings, dim=dim).persist(StorageLevel.MEMORY_AND_DISK)
     rows_in = checked.count()
@@ -114,7 +114,16 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
     baselines = cfg.baselines
     if baselines.basic or baselines.text_based or baselines.image_based_target:
         scored = scored.transform(with_caption_filters, text_based=baselines.text_based)
+    if baselines.dedup_threshold is not None and baselines.dedup_rank not in scored.columns:
+        raise ConfigError("baselines.dedup_rank", f"use clip_score or a NormSim column; not '{baselines.dedup_rank}'")
     if baselines.needs_clusters and n_ok:
+        k_bytes = min(baselines.kmeans.clusters, n_ok) * dim * 4
+        if k_bytes > cfg.normsim.closure_max_mb * (1 << 20) and cfg.normsim.staging_dir is None:
+            raise ConfigError(
+                "normsim.staging_dir",
+                f"the k-means centroids will take {k_bytes >> 20} MiB, over normsim.closure_max_mb; set "
+                "normsim.staging_dir to a folder every executor can read (they are staged there like a target)",
+            )
         with job_description(spark, f"clipsift score {run_id}: k-means"):
             fitted = fit_kmeans(ok, baselines.kmeans, n_ok)
             centroids = centroid_handle(fitted, cfg.normsim.closure_max_mb, cfg.normsim.staging_dir)
@@ -125,11 +134,6 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
             clusters = target_clusters(spark, target, centroids)
             scored = scored.transform(with_image_based, clusters=clusters)
         if baselines.dedup_threshold is not None:
-            scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
-            if baselines.dedup_rank not in scored.columns:
-                raise ConfigError(
-                    "baselines.dedup_rank", f"use clip_score or a NormSim column; '{baselines.dedup_rank}' is not one"
-                )
             duplicates = dedup_groups(scored, rank=baselines.dedup_rank, threshold=baselines.dedup_threshold, dim=dim)
             scored = scored.join(duplicates, on="uid", how="left")
     scored = scored.drop("image_emb", "text_emb")
@@ -252,10 +256,14 @@ def _detect_dim(raw: DataFrame) -> int:
     return int(row["d"])
 
 
-def _handle(target: io.Target, cfg: NormSimConfig) -> TargetHandle:
+def _handle(target: io.Target, cfg: NormSimConfig, rows_needed: bool = False) -> TargetHandle:
+    """The target for the UDFs: its rows travel in the closure when small, else they are staged; NormSim₂
+    alone needs only the second moment, so without NormSim∞ (or the image-based baseline) no rows travel."""
     moment = second_moment(target.matrix)
     small = target.matrix.nbytes <= cfg.closure_max_mb * (1 << 20)
-    if small or "inf" not in cfg.norms:
+    if not rows_needed and "inf" not in cfg.norms:
+        return TargetHandle(target.name, target.sha256, int(target.matrix.shape[0]), moment)
+    if small:
         return TargetHandle(target.name, target.sha256, int(target.matrix.shape[0]), moment, matrix=target.matrix)
     if cfg.staging_dir is None:
         raise ConfigError(

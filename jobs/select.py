@@ -60,6 +60,7 @@ def run(spark: SparkSession, cfg: SelectConfig) -> list[SelectionResult]:
     pool_rows = pool.count()
     if pool_rows == 0:
         raise ValueError(f"run '{run_id}' of {cfg.scores.label} has no rows with status 'ok'; check run_id")
+    types = dict(scores.dtypes)
     for sel in cfg.selections:
         for c in _columns_used(sel):
             if c not in scores.columns:
@@ -67,6 +68,11 @@ def run(spark: SparkSession, cfg: SelectConfig) -> list[SelectionResult]:
                     f"selections[{sel.name}]",
                     f"column '{c}' is not in the score table (has {', '.join(scores.columns)})",
                 )
+        if sel.rule == "flag" and sel.column is not None and types[sel.column] != "boolean":
+            found = types[sel.column]
+            raise ConfigError(
+                f"selections[{sel.name}].column", f"rule 'flag' needs a boolean column; '{sel.column}' is {found}"
+            )
     base = f"{io.sql_table(cfg.scores)} WHERE `run_id` = {sql_string(run_id)} AND `status` = {sql_string(STATUS.OK)}"
     columns = ", ".join(quote_ident(c) for c in scores.columns)
     views: dict[str, str] = {}

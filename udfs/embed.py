@@ -410,10 +410,21 @@ def embed_fn(
     """
 
     def embed(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        _log_to_stderr()
         encoder = loader(task_device(spec))
         yield from embed_batches(batches, encoder, settings, fetch)
 
     return embed
+
+
+def _log_to_stderr() -> None:
+    """Progress lines on the Python worker's stderr (the executor's log in the Spark UI)."""
+    if not LOG.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        LOG.addHandler(handler)
+        LOG.setLevel(logging.INFO)
+        LOG.propagate = False
 
 
 def task_device(spec: ModelSpec) -> ModelSpec:

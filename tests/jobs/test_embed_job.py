@@ -243,6 +243,7 @@ def pairs_table(spark: SparkSession, inputs: dict[str, Any]) -> dict[str, Any]:
         (folder / f"{i}.png").write_bytes(png)
         rows.append({"id": f"t{i}", "text": caption, "file": str(folder / f"{i}.png")})
     rows.append({"id": "t0", "text": "a repeat of t0", "file": str(folder / "1.png")})
+    rows.append(dict(rows[2]))  # an identical copy of a row (a double ingest): still one output row
     rows.append({"id": None, "text": "no uid", "file": str(folder / "2.png")})
     rows.append({"id": "late", "text": "a file that appears later", "file": str(folder / "late.png")})
     path = inputs["root"] / "pairs.parquet"
@@ -265,8 +266,9 @@ def test_table_of_image_paths_float16_and_retry(spark: SparkSession, inputs: dic
     assert first.rows_in == pairs_table["n"]
     assert first.embedded + first.rejected == pairs_table["n"]
     rejects = table_rows(spark, Path(f"{output}_rejects"))
-    assert sorted(rejects["status"]) == ["duplicate_uid", "null_uid"]
+    assert sorted(rejects["status"]) == ["duplicate_uid", "duplicate_uid", "null_uid"]
     rows = table_rows(spark, output).set_index("uid")
+    assert rows.index.is_unique and len(rows) == first.embedded
     assert rows.loc["late", "status"] == "unreadable_file" and "late.png" in rows.loc["late", "error"]
     assert isinstance(rows.loc["t1", "image_emb"], (bytes, bytearray)) and len(rows.loc["t1", "image_emb"]) == 2 * DIM
     half = half_to_lists(pa.array(list(rows["image_emb"]), pa.binary())).to_pylist()

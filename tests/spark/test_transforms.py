@@ -204,6 +204,7 @@ def test_with_lineage(spark: SparkSession) -> None:
     lineage = {
         "teacher": "b32", "normalized": True, "tau": 0.01, "batch_size": 8, "rounds": 2, "seed": 3,
         "grouping": "shard", "targets": [{"name": "t", "sha256": "abc", "rows": 5}], "code_version": "0.1.0",
+        "baselines": '{"config": {"basic": true}}',
     }  # fmt: skip
     df = spark.createDataFrame([("a",)], "uid string").transform(with_lineage, run_id="run-x", lineage=lineage)
     (row,) = df.collect()
