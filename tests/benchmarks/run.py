@@ -13,6 +13,13 @@ Benchmarks (``--only`` names):
   negclip_spark   the score job with/without negCLIPLoss; the negCLIPLoss stage alone; worker RSS
   normsim_kernel  NormSim∞ and NormSim₂ kernels, rows/s at M target rows
   normsim_spark   NormSim∞ and NormSim₂ through the job's UDF in Spark, rows/s
+  embed_cpu       embedding samples/s from JPEG bytes on the CPU (a tiny open_clip config and ViT-B-32,
+                  random weights): a bare open_clip loop; embed_batches (the UDF's inner function) in
+                  1 process × 2 threads and 2 processes × 1 thread; the Spark UDF (mapInArrow into a
+                  noop sink) as 2 tasks × 1 thread and 1 task × 2 threads; the time split
+  embed_job       the whole embed job (jobs.embed.run: WebDataset in, Delta out), tiny model
+
+The GPU counterpart of embed_cpu (no Spark) is ``python -m tests.benchmarks.bench_embed_gpu --out DIR``.
 
 Ratios are taken between numbers of the same run; nothing here fails on a slow result.
 """
@@ -32,7 +39,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import bench_negclip, bench_normsim, bench_spark
+from . import bench_embed, bench_negclip, bench_normsim, bench_spark
 from .common import (
     FULL,
     QUICK,
@@ -46,7 +53,10 @@ from .common import (
     ratio,
 )
 
-BENCHMARKS = ("negclip_kernel", "negclip_spark", "normsim_kernel", "normsim_spark")
+SCORE_BENCHMARKS = ("negclip_kernel", "negclip_spark", "normsim_kernel", "normsim_spark")
+EMBED_BENCHMARKS = ("embed_cpu", "embed_job")
+BENCHMARKS = SCORE_BENCHMARKS + EMBED_BENCHMARKS
+_SPARK_BENCHMARKS = frozenset({"negclip_spark", "normsim_spark", "embed_cpu", "embed_job"})
 
 
 def pool_flops(sizes: Sizes) -> float:
@@ -94,6 +104,7 @@ def run_suite(
         "others_cores": whole_run.others,
         "sizes": asdict(sizes),
         "negclip_flops": flops,
+        "embed_sizes": asdict(bench_embed.embed_sizes(sizes.name)) if set(EMBED_BENCHMARKS) & set(selected) else None,
         "benchmarks": list(selected),
         "machine_start": before,
         "machine_end": {k: machine_info()[k] for k in ("load_average", "other_java_processes")},
@@ -109,7 +120,9 @@ def _measure(
 ) -> tuple[Report, dict[str, float]]:
     """The benchmarks themselves; returns the report and the Spark job's scores by uid (if it ran)."""
     rep = Report()
-    pool = bench_spark.write_pool(workdir / "pool", sizes)
+    pool = workdir / "pool"
+    if set(SCORE_BENCHMARKS) & set(selected):
+        bench_spark.write_pool(pool, sizes)
     target = None
     if {"normsim_kernel", "normsim_spark"} & set(selected):
         target = bench_normsim.write_target(workdir / "target.npy", sizes)
@@ -120,11 +133,11 @@ def _measure(
         rep.extend(bench_normsim.run(sizes))
 
     spark_scores: dict[str, float] = {}
-    if {"negclip_spark", "normsim_spark"} & set(selected):
+    if _SPARK_BENCHMARKS & set(selected):
         session = spark if spark is not None else bench_spark.build_session(workdir)
         try:
             with ProcessTreeMonitor() as monitor:
-                if warm_up:
+                if warm_up and {"negclip_spark", "normsim_spark"} & set(selected):
                     rep.raw["spark_warm_up_seconds"] = bench_spark.warm_up(session, workdir, sizes)
                 rep.raw["spark_workers"] = bench_spark.worker_threads(session)
                 if "negclip_spark" in selected:
@@ -133,6 +146,13 @@ def _measure(
                     rep.extend(bench_spark.negclip_stage(session, pool, workdir, sizes, flops, monitor))
                 if "normsim_spark" in selected and target is not None:
                     rep.extend(bench_spark.normsim_udfs(session, pool, target, sizes, monitor))
+                # The job first: it builds its model in fresh workers (embed_cpu's last layout leaves
+                # 2 torch threads set in them, which a cached 1-thread model would then run with).
+                if "embed_job" in selected:
+                    rep.extend(bench_embed.run_job(session, sizes.name, workdir / "embed"))
+                if "embed_cpu" in selected:
+                    rep.extend(bench_embed.run_cpu(session, sizes.name, workdir / "embed", monitor))
+                    rep.ratios += bench_embed.job_ratios(rep)
         finally:
             if spark is None:
                 session.stop()
@@ -181,6 +201,10 @@ def _fmt(value: float, unit: str) -> str:
         return f"{value:,.1f} s"
     if unit == "GFLOP/s":
         return f"{value:,.1f} GFLOP/s"
+    if unit == "samples/s":
+        return f"{value:,.1f} samples/s" if value < 100 else f"{value:,.0f} samples/s"
+    if unit in ("%", "ms"):
+        return f"{value:,.1f} {unit}"
     if unit == "":
         return f"{value:.3g}"
     return f"{value:,.0f} {unit}"
@@ -208,9 +232,23 @@ def render_markdown(doc: dict[str, Any], command: str) -> str:
         f"{doc['machine_end']['other_java_processes']}; load average at start / end: "
         f"{m['load_average'][0]} / {doc['machine_end']['load_average'][0]}; CPU used by other processes "
         f"over the run: {doc['others_cores']:.2f} cores on average (each measurement's own figure is in its note)",
-        f"- sizes: d = {s['dim']}, B = {s['batch_size']:,}, {s['shards']} shards × {s['rows_per_shard']:,} rows, "
-        f"K = {s['rounds']}, τ = {s['tau']}, negCLIPLoss work {doc['negclip_flops'] / 1e12:.2f} TFLOP "
-        f"(K·Σ 2·B_b²·d); NormSim M = {s['normsim_targets']:,}",
+    ]
+    if set(SCORE_BENCHMARKS) & set(doc["benchmarks"]):
+        lines.append(
+            f"- sizes: d = {s['dim']}, B = {s['batch_size']:,}, {s['shards']} shards × {s['rows_per_shard']:,} rows, "
+            f"K = {s['rounds']}, τ = {s['tau']}, negCLIPLoss work {doc['negclip_flops'] / 1e12:.2f} TFLOP "
+            f"(K·Σ 2·B_b²·d); NormSim M = {s['normsim_targets']:,}"
+        )
+    e = doc.get("embed_sizes")
+    if e:
+        cases = "; ".join(
+            f"{c['label']} ({c['name']}): {c['samples']:,} samples, batches {c['image_batch_size']} images / "
+            f"{c['text_batch_size']} texts"
+            for c in e["models"]
+        )
+        data = doc["raw"].get("embed_data", {}).get("source", "")
+        lines.append(f"- embedding: {cases}; best of {e['repeats']}; fp32 CPU, random weights; data: {data}")
+    lines += [
         "",
         "| benchmark | case | metric | value | note |",
         "|---|---|---|---:|---|",
