@@ -18,6 +18,8 @@ Benchmarks (``--only`` names):
                   1 process × 2 threads and 2 processes × 1 thread; the Spark UDF (mapInArrow into a
                   noop sink) as 2 tasks × 1 thread and 1 task × 2 threads; the time split
   embed_job       the whole embed job (jobs.embed.run: WebDataset in, Delta out), tiny model
+  dedup_kernels   k-means assignment (nearest centroid) and semantic dedup against pool / cluster size,
+                  rows/s and the fitted growth exponent of each
 
 The GPU counterpart of embed_cpu (no Spark) is ``python -m tests.benchmarks.bench_embed_gpu --out DIR``.
 
@@ -39,7 +41,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import bench_embed, bench_negclip, bench_normsim, bench_spark
+from . import bench_dedup, bench_embed, bench_negclip, bench_normsim, bench_spark
 from .common import (
     FULL,
     QUICK,
@@ -55,7 +57,8 @@ from .common import (
 
 SCORE_BENCHMARKS = ("negclip_kernel", "negclip_spark", "normsim_kernel", "normsim_spark")
 EMBED_BENCHMARKS = ("embed_cpu", "embed_job")
-BENCHMARKS = SCORE_BENCHMARKS + EMBED_BENCHMARKS
+BASELINE_BENCHMARKS = ("dedup_kernels",)
+BENCHMARKS = SCORE_BENCHMARKS + EMBED_BENCHMARKS + BASELINE_BENCHMARKS
 _SPARK_BENCHMARKS = frozenset({"negclip_spark", "normsim_spark", "embed_cpu", "embed_job"})
 
 
@@ -131,6 +134,8 @@ def _measure(
         rep.extend(bench_negclip.run(pool, sizes))
     if "normsim_kernel" in selected:
         rep.extend(bench_normsim.run(sizes))
+    if "dedup_kernels" in selected:
+        rep.extend(bench_dedup.run(quick=sizes.name != "full"))
 
     spark_scores: dict[str, float] = {}
     if _SPARK_BENCHMARKS & set(selected):

@@ -80,3 +80,10 @@ def test_embedding_benchmarks_compare_like_with_like(spark: object, tmp_path: Pa
         assert {t["threads"] for t in run["tasks"]} == {threads}
     names = {r["name"] for r in doc["ratios"]}
     assert any(n.startswith("tiny: Spark UDF (best:") for n in names)
+
+
+def test_dedup_benchmark_reports_finite_numbers(tmp_path: Path) -> None:
+    doc = run_suite(TOY, ["dedup_kernels"], tmp_path / "work")
+    _check_document(doc, tmp_path / "out")
+    exponents = [r for r in doc["rows"] if r["metric"] == "exponent a"]
+    assert len(exponents) == 2
