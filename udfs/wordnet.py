@@ -42,7 +42,6 @@ of every word it has looked up (up to :data:`WORD_CACHE_SIZE` words).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import threading
@@ -50,6 +49,8 @@ from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from udfs.models import file_sha256
 
 #: Where Debian's ``wordnet-base`` puts the WordNet 3.0 database.
 WORDNET_DIR = Path("/usr/share/wordnet")
@@ -122,14 +123,6 @@ def imagenet21k_synsets_path() -> Path:
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_synset_ids(path: str | os.PathLike[str] | None = None) -> frozenset[str]:
     """The synset ids of a list file, one ``n########`` per line.
 
@@ -142,7 +135,7 @@ def load_synset_ids(path: str | os.PathLike[str] | None = None) -> frozenset[str
         ValueError: when a line is not a synset id, or timm's file is not DataComp's list.
     """
     file = imagenet21k_synsets_path() if path is None else Path(path)
-    if path is None and (sha := _sha256(file)) != DATACOMP_IN21K_SHA256:
+    if path is None and (sha := file_sha256(file)) != DATACOMP_IN21K_SHA256:
         raise ValueError(f"{file} (sha256 {sha}) is not DataComp's imagenet21k_wordnet_ids.txt")
     ids = [line.strip() for line in file.read_text(encoding="ascii").splitlines() if line.strip()]
     bad = [i for i in ids if len(i) != 9 or i[0] not in "nvasr" or not i[1:].isdigit()]
@@ -382,8 +375,8 @@ def wordnet_identity(
     ids_file = imagenet21k_synsets_path() if synset_ids_path is None else Path(synset_ids_path)
     return {
         "wordnet_dir": str(wn_dir),
-        "wordnet_data_noun_sha256": _sha256(wn_dir / "data.noun"),
+        "wordnet_data_noun_sha256": file_sha256(wn_dir / "data.noun"),
         "synset_ids_path": str(ids_file),
-        "synset_ids_sha256": _sha256(ids_file),
+        "synset_ids_sha256": file_sha256(ids_file),
         "synset_ids_count": len(load_synset_ids(synset_ids_path)),
     }
