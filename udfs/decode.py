@@ -174,11 +174,22 @@ def decode_image(data: bytes | None, *, max_pixels: int = 50_000_000) -> tuple[I
         raise TypeError(f"data must be bytes or None, got {type(data).__name__}")
     if len(data) == 0:
         return None, IMAGE_EMPTY, "image bytes are empty"
-    with warnings.catch_warnings():
-        # We apply our own pixel limit; Pillow's corrupt-metadata warnings would flood worker logs.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        return _decode(bytes(data), max_pixels)
+    _quiet_pillow()
+    return _decode(bytes(data), max_pixels)
+
+
+def _quiet_pillow() -> None:
+    """Once per process: no DecompressionBombWarning (we apply our own pixel limit) and no Pillow
+    corrupt-metadata UserWarnings (they would flood worker logs). Installed once, not per call:
+    ``warnings.catch_warnings`` swaps process-wide state and is not safe on the decode threads."""
+    global _QUIETED
+    if not _QUIETED:
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\..*)?$")
+        _QUIETED = True
+
+
+_QUIETED = False
 
 
 def _decode(data: bytes, max_pixels: int) -> tuple[Image.Image | None, str, str | None]:

@@ -163,6 +163,13 @@ class ClipEncoder:
         self._std = torch.tensor(self.identity.std, device=self.device).view(1, 3, 1, 1)
         self._lock = threading.Lock()
 
+    def _threads(self) -> None:
+        """torch's thread count is per process: re-apply this spec's, which another cached spec may have changed."""
+        import torch
+
+        if self.device == "cpu" and self.spec.threads and torch.get_num_threads() != self.spec.threads:
+            torch.set_num_threads(self.spec.threads)
+
     def _autocast(self) -> Any:
         import contextlib
 
@@ -179,6 +186,7 @@ class ClipEncoder:
 
         if len(pixels) == 0:
             return np.zeros((0, self.identity.embed_dim), dtype=np.float32)
+        self._threads()
         x = torch.from_numpy(np.ascontiguousarray(pixels))
         if self.device != "cpu":
             x = x.pin_memory().to(self.device, non_blocking=True)
@@ -194,6 +202,7 @@ class ClipEncoder:
 
         if not texts:
             return np.zeros((0, self.identity.embed_dim), dtype=np.float32)
+        self._threads()
         tokens = self.tokenizer(texts)
         with self._lock, torch.inference_mode(), self._autocast():
             out = self.model.encode_text(tokens.to(self.device))
