@@ -85,14 +85,21 @@ def sibling(ref: TableRef, suffix: str) -> TableRef:
 
 def list_datacomp_shards(path: str) -> list[str]:
     """Paths of the ``*.parquet`` shards in a DataComp metadata folder, sorted."""
+    return _list_shards(path, ".parquet", single_file=False)
+
+
+def _list_shards(path: str, suffix: str, single_file: bool) -> list[str]:
+    """Sorted files ending in ``suffix`` of the folder ``path`` (or ``path`` itself when a file and ``single_file``)."""
     fs, root = arrow_path(path)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"input.path '{path}' does not exist")
+    if single_file and info.type == pafs.FileType.File:
+        return [path]
     selector = pafs.FileSelector(root, recursive=False)
-    files = sorted(i.path for i in fs.get_file_info(selector) if i.path.endswith(".parquet"))
+    files = sorted(i.path for i in fs.get_file_info(selector) if i.path.endswith(suffix))
     if not files:
-        raise FileNotFoundError(f"input.path '{path}' holds no .parquet shards")
+        raise FileNotFoundError(f"input.path '{path}' holds no {suffix} shards")
     prefix = path.rstrip("/") if "://" in path else None
     return [f"{prefix}/{Path(f).name}" if prefix else f for f in files]
 
@@ -300,18 +307,7 @@ _WDS_KEY = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
 
 def list_webdataset_shards(path: str) -> list[str]:
     """The ``.tar`` shards of a folder (sorted), or the one ``.tar`` given."""
-    fs, root = arrow_path(path)
-    info = fs.get_file_info(root)
-    if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"input.path '{path}' does not exist")
-    if info.type == pafs.FileType.File:
-        return [path]
-    selector = pafs.FileSelector(root, recursive=False)
-    files = sorted(i.path for i in fs.get_file_info(selector) if i.path.endswith(".tar"))
-    if not files:
-        raise FileNotFoundError(f"input.path '{path}' holds no .tar shards")
-    prefix = path.rstrip("/") if "://" in path else None
-    return [f"{prefix}/{Path(f).name}" if prefix else f for f in files]
+    return _list_shards(path, ".tar", single_file=True)
 
 
 def read_webdataset(
