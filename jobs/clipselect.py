@@ -45,11 +45,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from pyspark.sql.types import DoubleType, StructField, StructType
 
 import jobs
 from jobs import io
@@ -58,8 +56,10 @@ from jobs.config import ClipSelectConfig, ConfigError, KMeansConfig, from_argv, 
 from jobs.embed import model_spec
 from jobs.schemas import STATUS
 from jobs.session import get_spark, job_description
+from jobs.transforms import with_criterion, with_minmax, with_sas, with_sds
 from udfs.adapters import AdapterPair, apply_text, save_adapters, train_adapters
-from udfs.kernels.clipselect import diversity_of_group, optimise_selection
+from udfs.clipselect import PACKED_DDL, AdapterWeights, pack_rows_fn, unpack_rows
+from udfs.kernels.clipselect import optimise_selection
 from udfs.models import get_model
 
 MISSING_LABEL = "missing_label"
@@ -84,8 +84,8 @@ def run(spark: SparkSession, cfg: ClipSelectConfig) -> ClipSelectResult:
     started = time.time()
     started_at = datetime.now(timezone.utc)
     run_id = cfg.run_id or derive_run_id(cfg)
-    raw = _read(spark, cfg)
-    dim = _detect_dim(raw)
+    raw = io.read_labelled_table(spark, cfg.input)
+    dim = io.detect_dim(raw, hint="check input.image_col")
     n_classes = len(cfg.classes) if cfg.labelled else None
     checked = (
         raw.withColumn("_rid", F.monotonically_increasing_id())
@@ -106,7 +106,7 @@ def run(spark: SparkSession, cfg: ClipSelectConfig) -> ClipSelectResult:
             losses: list[float] = []
             with job_description(spark, f"clipsift clipselect {run_id}: adapters"):
                 pair = train_adapters(
-                    epoch_batches(ok, cfg.adapters.batch_size, cfg.adapters.seed),
+                    epoch_batches(ok, cfg.adapters.batch_size, cfg.adapters.seed, dim),
                     prompts,
                     epochs=cfg.adapters.epochs,
                     lr=cfg.adapters.lr,
@@ -136,10 +136,10 @@ def run(spark: SparkSession, cfg: ClipSelectConfig) -> ClipSelectResult:
                 "trained": cfg.labelled,
             }  # fmt: skip
             save_adapters(pair, cfg.adapters.save_path, provenance)
-        weights = _weights(pair)
+        weights = AdapterWeights.from_pair(pair)
         scored = (
             grouped.transform(with_sas, weights=weights, prompts=prompt_adapted)
-            .transform(with_sds, weights=weights, k=cfg.k)
+            .transform(with_sds, weights=weights, k=cfg.k, group="sds_group", key="_rid")
             .transform(with_minmax)
         )
         scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
@@ -173,7 +173,10 @@ def run(spark: SparkSession, cfg: ClipSelectConfig) -> ClipSelectResult:
     by_status = {r["status"]: int(r["count"]) for r in written.groupBy("status").count().collect()}
     rows_out = sum(by_status.values())
     seconds = time.time() - started
-    _record_run(spark, cfg, run_id, lineage, started_at, seconds, rows_in, by_status)
+    io.record_run(
+        spark, cfg.output, run_id=run_id, started_at=started_at, seconds=seconds, input_label=cfg.input.label,
+        rows_in=rows_in, by_status=by_status, config=to_dict(cfg), lineage=lineage,
+    )  # fmt: skip
     if rows_out != rows_in:
         raise RuntimeError(f"run {run_id}: {rows_in} rows read but {rows_out} written; the table was left as written")
     return ClipSelectResult(run_id, rows_in, rows_out, by_status, seconds, final_loss)
@@ -184,35 +187,6 @@ def derive_run_id(cfg: ClipSelectConfig) -> str:
     basis = {k: v for k, v in to_dict(cfg).items() if k not in ("spark", "run_id", "output")}
     basis["code_version"] = jobs.__version__
     return "clipselect-" + hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _read(spark: SparkSession, cfg: ClipSelectConfig) -> DataFrame:
-    c = cfg.input
-    df = spark.read.table(c.table) if c.table is not None else spark.read.format(c.format).load(c.path)
-    wanted = [x for x in (c.uid_col, c.image_col, c.label_col, c.text_col) if x]
-    missing = [x for x in wanted if x not in df.columns]
-    if missing:
-        raise ConfigError("input", f"'{c.label}' has no column {missing[0]!r} (columns: {', '.join(df.columns)})")
-    if c.model is not None:
-        if "model_id" not in df.columns:
-            raise ConfigError("input.model", f"input '{c.label}' has no model_id column; remove input.model")
-        df = df.where(F.col("model_id") == c.model)
-    label = F.col(c.label_col).cast("long") if c.label_col else F.lit(None).cast("long")
-    text = F.col(c.text_col).cast("array<float>") if c.text_col else F.lit(None).cast("array<float>")
-    return df.select(
-        F.col(c.uid_col).cast("string").alias("uid"),
-        F.col(c.image_col).cast("array<float>").alias("image_emb"),
-        text.alias("text_emb"),
-        label.alias("label"),
-    )
-
-
-def _detect_dim(raw: DataFrame) -> int:
-    sizes = raw.where(F.col("image_emb").isNotNull()).groupBy(F.size("image_emb").alias("d")).count()
-    row = sizes.orderBy(F.col("count").desc(), F.col("d").asc()).first()
-    if row is None:
-        raise ValueError("the input has no image embeddings; check input.image_col")
-    return int(row["d"])
 
 
 def _embedding_problem(col: str, dim: int) -> tuple[Column, Column]:
@@ -266,142 +240,42 @@ def with_status(df: DataFrame, *, dim: int, n_classes: int | None) -> DataFrame:
     )
 
 
-def epoch_batches(ok: DataFrame, batch_size: int, seed: int) -> Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]:
+def epoch_batches(
+    ok: DataFrame, batch_size: int, seed: int, dim: int, rows_per_chunk: int = 1024
+) -> Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]:
     """A callable giving one epoch of ``(embeddings, labels)`` mini-batches streamed to the driver.
 
-    Each epoch orders the rows by a seeded hash of (uid, epoch) and streams them with ``toLocalIterator``
-    (one partition at a time), so the driver holds one partition and one batch, never the table.
+    Each epoch orders the rows by a seeded hash of (uid, epoch) and streams them with ``toLocalIterator`` (one
+    partition at a time), packed by the executors into chunks of ``rows_per_chunk`` rows of raw float32 bytes
+    (:func:`udfs.clipselect.pack_rows_fn`), so the driver holds one partition's chunks and one batch, never the
+    table, and pays a copy per value rather than a Python object.
     """
     epoch = iter(range(1 << 30))
 
     def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         e = next(epoch)
         order = F.xxhash64("uid", F.lit(e), F.lit(seed))
-        rows = ok.select("image_emb", "label").orderBy(order).toLocalIterator(prefetchPartitions=False)
-        images: list[list[float]] = []
-        labels: list[int] = []
-        for r in rows:
-            images.append(r["image_emb"])
-            labels.append(r["label"])
-            if len(images) == batch_size:
-                yield np.asarray(images, dtype=np.float32), np.asarray(labels, dtype=np.int64)
-                images, labels = [], []
-        if images:
-            yield np.asarray(images, dtype=np.float32), np.asarray(labels, dtype=np.int64)
+        packed = (
+            ok.select("image_emb", "label").orderBy(order).mapInArrow(pack_rows_fn(dim, rows_per_chunk), PACKED_DDL)
+        )
+        images: list[np.ndarray] = []
+        labels: list[np.ndarray] = []
+        held = 0
+        for r in packed.toLocalIterator(prefetchPartitions=False):
+            img, lab = unpack_rows(r["image"], r["label"], dim)
+            images.append(img)
+            labels.append(lab)
+            held += len(lab)
+            if held >= batch_size:
+                all_img, all_lab = np.concatenate(images), np.concatenate(labels)
+                cut = held - held % batch_size
+                for lo in range(0, cut, batch_size):
+                    yield all_img[lo : lo + batch_size], all_lab[lo : lo + batch_size]
+                images, labels, held = [all_img[cut:]], [all_lab[cut:]], held - cut
+        if held:
+            yield np.concatenate(images), np.concatenate(labels)
 
     return batches
-
-
-def _weights(pair: AdapterPair) -> dict[str, np.ndarray]:
-    """The adapters as float32 numpy (they travel in the UDF closures)."""
-    return {
-        "image_w": pair.image.weight.detach().numpy().astype(np.float32),
-        "image_b": pair.image.bias.detach().numpy().astype(np.float32),
-        "text_w": pair.text.weight.detach().numpy().astype(np.float32),
-        "text_b": pair.text.bias.detach().numpy().astype(np.float32),
-    }
-
-
-def _matrix(column: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarray:
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    return np.asarray(values, dtype=np.float32).reshape(-1, dim)
-
-
-def _adapt(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``x Wᵀ + b`` in float32, as ``torch.nn.Linear`` computes it."""
-    out: np.ndarray = x @ w.T + b
-    return out
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    num = np.einsum("ij,ij->i", a64, b64)
-    den = np.sqrt(np.einsum("ij,ij->i", a64, a64) * np.einsum("ij,ij->i", b64, b64))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out: np.ndarray = np.where(den > 0, num / den, np.nan)
-    return out
-
-
-def with_sas(df: DataFrame, *, weights: dict[str, np.ndarray], prompts: np.ndarray | None) -> DataFrame:
-    """Add ``sas``: cosine of the adapted image and the adapted prompt of its label (``prompts``), or of the
-    adapted caption embedding (``text_emb``) when ``prompts`` is None. An Arrow batch UDF, adapters in the closure.
-    """
-    dim = int(weights["image_w"].shape[1])
-    schema = StructType([*df.schema.fields, StructField("sas", DoubleType())])
-    names = df.columns
-
-    def sas_fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            img = _adapt(_matrix(batch.column(names.index("image_emb")), dim), weights["image_w"], weights["image_b"])
-            if prompts is None:
-                txt = _matrix(batch.column(names.index("text_emb")), dim)
-                other = _adapt(txt, weights["text_w"], weights["text_b"])
-            else:
-                labels = batch.column(names.index("label")).to_numpy(zero_copy_only=False).astype(np.int64)
-                other = prompts[labels]
-            sas = _cosine(img, other) if len(img) else np.zeros(0)
-            yield pa.RecordBatch.from_arrays([*batch.columns, pa.array(sas, pa.float64())], names=[*names, "sas"])
-
-    return df.mapInArrow(sas_fn, schema)
-
-
-def with_sds(df: DataFrame, *, weights: dict[str, np.ndarray], k: int) -> DataFrame:
-    """Add ``sds``: :func:`diversity_of_group` on the adapted images of each ``sds_group`` (one task per group).
-
-    A singleton group gets null.
-    """
-    dim = int(weights["image_w"].shape[1])
-
-    def sds_fn(table: pa.Table) -> pa.Table:
-        img = _adapt(_matrix(table.column("image_emb"), dim), weights["image_w"], weights["image_b"])
-        sds = diversity_of_group(img, k) if len(img) else np.zeros(0)
-        values = pa.array(sds, pa.float64(), mask=np.isnan(sds))
-        return pa.table({"_rid": table.column("_rid"), "sds": values})
-
-    parts = (
-        df.select("_rid", "sds_group", "image_emb").groupBy("sds_group").applyInArrow(sds_fn, "_rid long, sds double")
-    )
-    return df.join(parts, on="_rid", how="left")
-
-
-def with_minmax(df: DataFrame) -> DataFrame:
-    """Add ``sas_norm`` and ``sds_norm``: min-max over the frame, bounds from one Spark aggregate.
-
-    A constant score maps to 0; nulls stay null.
-    """
-    bounds = df.agg(
-        F.min("sas").alias("sas_lo"),
-        F.max("sas").alias("sas_hi"),
-        F.min("sds").alias("sds_lo"),
-        F.max("sds").alias("sds_hi"),
-    )
-    out = df.crossJoin(F.broadcast(bounds))
-    for name in ("sas", "sds"):
-        lo, hi = F.col(f"{name}_lo"), F.col(f"{name}_hi")
-        out = out.withColumn(
-            f"{name}_norm",
-            F.when(hi > lo, (F.col(name) - lo) / (hi - lo)).otherwise(F.when(F.col(name).isNotNull(), 0.0)),
-        )
-    return out.drop("sas_lo", "sas_hi", "sds_lo", "sds_hi")
-
-
-def with_criterion(df: DataFrame, *, lam: float) -> DataFrame:
-    """Add ``clipselect_score`` = ``sas_norm / mean(sas_norm) + lam · sds_norm / mean(sds_norm)``.
-
-    Means come from one Spark aggregate; a null ``sds_norm`` (singleton group) counts as 0, a term whose mean
-    is 0 contributes 0 (as :func:`udfs.kernels.clipselect.selection_scores`).
-    """
-    sds_n = F.coalesce(F.col("sds_norm"), F.lit(0.0))
-    means = df.agg(F.avg("sas_norm").alias("_sas_mean"), F.avg(sds_n).alias("_sds_mean"))
-    sas_term = F.when(F.col("_sas_mean") != 0, F.col("sas_norm") / F.col("_sas_mean")).otherwise(0.0)
-    sds_term = F.when(F.col("_sds_mean") != 0, sds_n / F.col("_sds_mean")).otherwise(0.0)
-    return (
-        df.crossJoin(F.broadcast(means))
-        .withColumn("clipselect_score", sas_term + F.lit(float(lam)) * sds_term)
-        .drop("_sas_mean", "_sds_mean")
-    )
 
 
 def optimiser_column(ratio: float) -> str:
@@ -430,30 +304,6 @@ def output_columns(cfg: ClipSelectConfig, n_ok: int) -> list[str]:
     if cfg.optimiser_max_rows and 0 < n_ok <= cfg.optimiser_max_rows:
         cols += [optimiser_column(r) for r in cfg.ratios]
     return cols
-
-
-def _record_run(
-    spark: SparkSession,
-    cfg: ClipSelectConfig,
-    run_id: str,
-    lineage: dict[str, Any],
-    started_at: datetime,
-    seconds: float,
-    rows_in: int,
-    by_status: dict[str, int],
-) -> None:
-    record = spark.createDataFrame(
-        [
-            (
-                run_id, started_at.replace(tzinfo=None), float(seconds), cfg.input.label, int(rows_in),
-                json.dumps(by_status, sort_keys=True), json.dumps(to_dict(cfg), sort_keys=True),
-                json.dumps(lineage, sort_keys=True), jobs.__version__,
-            )
-        ],
-        "run_id string, started_at timestamp, seconds double, input string, rows bigint, rows_by_status string, "
-        "config string, lineage string, code_version string",
-    )  # fmt: skip
-    io.replace_partition(record, io.sibling(cfg.output, "runs"), "run_id", run_id)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

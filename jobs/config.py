@@ -293,6 +293,25 @@ class BaselinesConfig:
 
 
 @dataclass(frozen=True)
+class ScoreClipSelectConfig:
+    """The label-free CLIP-powered selection scores as score-table columns ``sas`` and ``sds`` (README
+    "CLIP-powered selection"); select on them with a ``clipselect`` selection."""
+
+    enabled: bool = False
+    k: int = 50
+    """SDS neighbours within the row's k-means cluster (``baselines.kmeans``), the row itself included."""
+    adapters: str | None = None
+    """Folder of adapters saved by ``clipsift clipselect`` (read on the driver); default identity adapters, with
+    which ``sas`` equals ``clip_score``."""
+
+    def validate(self, key: str) -> None:
+        if self.k < 2:
+            raise ConfigError(f"{key}.k", f"must be an integer >= 2, got {self.k}")
+        if self.adapters is not None and not self.enabled:
+            raise ConfigError(f"{key}.adapters", "is only used with clipselect.enabled: true; set it or remove this")
+
+
+@dataclass(frozen=True)
 class ScoreConfig:
     """``clipsift score``: embeddings in, one Delta table of scores out."""
 
@@ -304,7 +323,13 @@ class ScoreConfig:
     normsim: NormSimConfig = NormSimConfig()
     normsim2_dynamic: NormSim2DConfig = NormSim2DConfig()
     baselines: BaselinesConfig = BaselinesConfig()
+    clipselect: ScoreClipSelectConfig = ScoreClipSelectConfig()
     spark: SparkSettings = SparkSettings()
+
+    @property
+    def needs_clusters(self) -> bool:
+        """Whether the run fits k-means (``baselines.kmeans``): image-based filtering, dedup, clipselect's SDS."""
+        return self.baselines.needs_clusters or self.clipselect.enabled
 
     def validate(self, key: str = "") -> None:
         self.input.validate(_join(key, "input"))
@@ -317,6 +342,7 @@ class ScoreConfig:
         self.normsim.validate(_join(key, "normsim"))
         self.normsim2_dynamic.validate(_join(key, "normsim2_dynamic"))
         self.baselines.validate(_join(key, "baselines"), [t.name for t in self.normsim.targets])
+        self.clipselect.validate(_join(key, "clipselect"))
         if self.negclip.grouping == "shard" and self.input.kind == "table" and not self.input.shard_col:
             raise ConfigError(
                 _join(key, "negclip.grouping"),
@@ -327,7 +353,7 @@ class ScoreConfig:
 # --------------------------------------------------------------------------------------------------
 # Select job
 
-RULES = ("threshold", "flag", "top_fraction", "sequential", "sum_of_ranks", "intersect", "union")
+RULES = ("threshold", "flag", "top_fraction", "sequential", "sum_of_ranks", "clipselect", "intersect", "union")
 
 
 @dataclass(frozen=True)
@@ -342,6 +368,9 @@ class SelectionConfig:
       * sequential: top ``fraction`` of the pool by ``column``, then among those the top
         ``then_fraction`` (of the whole pool) by ``then_column`` (the paper's negCLIPLoss ∩ NormSim).
       * sum_of_ranks: top ``fraction`` by the sum of rank ratios of ``columns``.
+      * clipselect: top ``fraction`` (exactly int(N·f) rows) by the CLIP-powered selection criterion
+        ``SAS'/mean(SAS') + lam · SDS'/mean(SDS')``, SAS' and SDS' min-max normalised over the run's ok rows;
+        ``columns`` names SAS and SDS (default ``[sas, sds]``), ``lam`` defaults to 0.1 (the paper's code).
       * intersect / union: of the selections named in ``of`` (defined earlier in the list).
     """
 
@@ -355,6 +384,8 @@ class SelectionConfig:
     then_column: str | None = None
     then_fraction: float | None = None
     columns: tuple[str, ...] = ()
+    lam: float | None = None
+    """Rule ``clipselect``: the weight of diversity (default 0.1)."""
     of: tuple[str, ...] = ()
     materialize: TableRef | None = None
     """Also write the selected uids as a Delta table."""
@@ -372,6 +403,7 @@ class SelectionConfig:
             "top_fraction": ("column", "fraction"),
             "sequential": ("column", "fraction", "then_column", "then_fraction"),
             "sum_of_ranks": ("columns", "fraction"),
+            "clipselect": ("fraction",),
             "intersect": ("of",),
             "union": ("of",),
         }
@@ -397,6 +429,13 @@ class SelectionConfig:
                 )
         if self.rule == "sum_of_ranks" and len(self.columns) < 2:
             raise ConfigError(f"{key}.columns", "sum_of_ranks needs at least two columns")
+        if self.rule == "clipselect" and self.columns and len(self.columns) != 2:
+            raise ConfigError(f"{key}.columns", "clipselect takes two columns, SAS then SDS (default [sas, sds])")
+        if self.lam is not None:
+            if self.rule != "clipselect":
+                raise ConfigError(f"{key}.lam", f"only rule 'clipselect' uses 'lam'; remove it from rule '{self.rule}'")
+            if not math.isfinite(self.lam) or self.lam < 0:
+                raise ConfigError(f"{key}.lam", f"must be a finite number >= 0, got {self.lam}")
         if self.rule in ("intersect", "union"):
             if len(self.of) < 2:
                 raise ConfigError(f"{key}.of", f"'{self.rule}' needs at least two selection names")

@@ -18,6 +18,7 @@ import tarfile
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.config import ConfigError, EmbedInputConfig, InputConfig, TableRef
+import jobs
+from jobs.config import ClipSelectInputConfig, ConfigError, EmbedInputConfig, InputConfig, TableRef
 from jobs.schemas import POOL_ARROW, POOL_DDL, STATUS
 from udfs.arrow import half_columns_fn
 from udfs.ingest import METADATA_COLUMNS, METADATA_FIELDS
@@ -280,6 +282,40 @@ def read_pool(spark: SparkSession, cfg: InputConfig) -> DataFrame:
     if cfg.kind == "datacomp":
         return read_datacomp(spark, str(cfg.path), cfg.arch)
     return read_table(spark, cfg)
+
+
+def detect_dim(df: DataFrame, hint: str) -> int:
+    """The most common length of ``image_emb`` (a few malformed rows do not decide it); one aggregate.
+
+    Raises:
+        ValueError: when no row has an image embedding; ``hint`` says what to check.
+    """
+    sizes = df.where(F.col("image_emb").isNotNull()).groupBy(F.size("image_emb").alias("d")).count()
+    row = sizes.orderBy(F.col("count").desc(), F.col("d").asc()).first()
+    if row is None:
+        raise ValueError(f"the input has no image embeddings; {hint}")
+    return int(row["d"])
+
+
+def read_labelled_table(spark: SparkSession, cfg: ClipSelectInputConfig) -> DataFrame:
+    """The input of ``clipsift clipselect`` as ``uid, image_emb, text_emb, label`` (text or label null by variant)."""
+    df = spark.read.table(cfg.table) if cfg.table is not None else spark.read.format(cfg.format).load(cfg.path)
+    wanted = [x for x in (cfg.uid_col, cfg.image_col, cfg.label_col, cfg.text_col) if x]
+    missing = [x for x in wanted if x not in df.columns]
+    if missing:
+        raise ConfigError("input", f"'{cfg.label}' has no column {missing[0]!r} (columns: {', '.join(df.columns)})")
+    if cfg.model is not None:
+        if "model_id" not in df.columns:
+            raise ConfigError("input.model", f"input '{cfg.label}' has no model_id column; remove input.model")
+        df = df.where(F.col("model_id") == cfg.model)
+    label = F.col(cfg.label_col).cast("long") if cfg.label_col else F.lit(None).cast("long")
+    text = F.col(cfg.text_col).cast("array<float>") if cfg.text_col else F.lit(None).cast("array<float>")
+    return df.select(
+        F.col(cfg.uid_col).cast("string").alias("uid"),
+        F.col(cfg.image_col).cast("array<float>").alias("image_emb"),
+        text.alias("text_emb"),
+        label.alias("label"),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -599,6 +635,43 @@ def replace_partition(df: DataFrame, ref: TableRef, column: str, value: str) -> 
         writer.saveAsTable(ref.table)
     else:
         writer.save(str(ref.path))
+
+
+#: The runs table beside a score table (``<output>_runs``): one row per run of ``clipsift score``/``clipselect``.
+RUNS_DDL = (
+    "run_id string, started_at timestamp, seconds double, input string, rows bigint, rows_by_status string, "
+    "config string, lineage string, code_version string"
+)
+
+
+def record_run(
+    spark: SparkSession,
+    scores: TableRef,
+    *,
+    run_id: str,
+    started_at: datetime,
+    seconds: float,
+    input_label: str,
+    rows_in: int,
+    by_status: dict[str, int],
+    config: dict[str, Any],
+    lineage: dict[str, Any],
+) -> None:
+    """Write this run's row of ``<scores>_runs`` (replacing an earlier one of the same run id).
+
+    ``clipsift select`` finds the latest run there; the config and lineage make the run reproducible.
+    """
+    record = spark.createDataFrame(
+        [
+            (
+                run_id, started_at.replace(tzinfo=None), float(seconds), input_label, int(rows_in),
+                json.dumps(by_status, sort_keys=True), json.dumps(config, sort_keys=True),
+                json.dumps(lineage, sort_keys=True), jobs.__version__,
+            )
+        ],
+        RUNS_DDL,
+    )  # fmt: skip
+    replace_partition(record, sibling(scores, "runs"), "run_id", run_id)
 
 
 def append_table(df: DataFrame, ref: TableRef, partition_by: str | None = None) -> None:

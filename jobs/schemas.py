@@ -39,12 +39,9 @@ POOL_ARROW = pa.schema(
     ]
 )
 
-#: negCLIPLoss output of one group task.
-NEGCLIP_DDL = "uid string, negclip_loss double, negclip_r_i2t double, negclip_r_t2i double"
-
 #: Lineage carried by every scored row.
 LINEAGE_DDL = (
     "struct<teacher: string, normalized: boolean, tau: double, batch_size: int, rounds: int, seed: bigint, "
     "grouping: string, targets: array<struct<name: string, sha256: string, rows: bigint>>, code_version: string, "
-    "baselines: string>"
+    "baselines: string, clipselect: string>"
 )

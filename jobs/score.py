@@ -56,14 +56,18 @@ from jobs.schemas import STATUS
 from jobs.session import get_spark, job_description
 from jobs.transforms import (
     BASE_SCORE_COLUMNS,
-    negclip_scores,
+    CLIPSELECT_COLUMNS,
     normsim_column,
     with_checked_embeddings,
     with_clip_score,
     with_duplicate_uids,
     with_lineage,
+    with_negclip,
     with_normsim,
+    with_sas,
+    with_sds,
 )
+from udfs.clipselect import AdapterWeights
 from udfs.ingest import METADATA_COLUMNS
 from udfs.kernels import second_moment
 from udfs.score import TargetHandle
@@ -91,7 +95,7 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
     run_id = cfg.run_id or derive_run_id(cfg, lineage)
 
     raw = io.read_pool(spark, cfg.input)
-    dim = cfg.input.expected_dim or _detect_dim(raw)
+    dim = cfg.input.expected_dim or io.detect_dim(raw, hint="set input.dim or check input.image_col")
     for t in targets:
         if t.matrix.shape[1] != dim:
             raise ConfigError(f"normsim.targets[{t.name}]", f"target has dimension {t.matrix.shape[1]}, the pool {dim}")
@@ -116,7 +120,7 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
         scored = scored.transform(with_caption_filters, text_based=baselines.text_based)
     if baselines.dedup_threshold is not None and baselines.dedup_rank not in scored.columns:
         raise ConfigError("baselines.dedup_rank", f"use clip_score or a NormSim column; not '{baselines.dedup_rank}'")
-    if baselines.needs_clusters and n_ok:
+    if cfg.needs_clusters and n_ok:
         k_bytes = min(baselines.kmeans.clusters, n_ok) * dim * 4
         if k_bytes > cfg.normsim.closure_max_mb * (1 << 20) and cfg.normsim.staging_dir is None:
             raise ConfigError(
@@ -133,19 +137,20 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
             target = next(h for h in handles if h.name == baselines.image_based_target)
             clusters = target_clusters(spark, target, centroids)
             scored = scored.transform(with_image_based, clusters=clusters)
-        if baselines.dedup_threshold is not None:
-            duplicates = dedup_groups(scored, rank=baselines.dedup_rank, threshold=baselines.dedup_threshold, dim=dim)
-            scored = scored.join(duplicates, on="uid", how="left")
-    scored = scored.drop("image_emb", "text_emb")
+    weights = _clipselect_adapters(cfg, dim, lineage) if cfg.clipselect.enabled and n_ok else None
+    if weights is not None:
+        scored = scored.transform(with_sas, weights=weights, prompts=None)
+    dedup_threshold = baselines.dedup_threshold if baselines.needs_clusters and n_ok else None
     if cfg.negclip.enabled and n_ok:
-        n_groups = max(1, math.ceil(n_ok / cfg.negclip.group_rows))
-        if cfg.negclip.grouping == "shard":
-            groups = sorted(r["source"] for r in ok.select("source").distinct().collect())  # one per shard
-        else:
-            groups = [str(i) for i in range(n_groups)]
-        keys = one_partition_keys(spark, groups)
-        parts = ok.transform(negclip_scores, cfg=cfg.negclip, dim=dim, n_groups=n_groups, partition_keys=keys)
-        scored = scored.join(parts, on="uid", how="left")
+        # Scored before the shuffles below, so that DataComp shards are scored in the tasks that read them.
+        keep = dedup_threshold is not None or weights is not None
+        scored = scored.transform(_with_negclip, spark=spark, cfg=cfg, ok=ok, dim=dim, n_ok=n_ok, keep_embeddings=keep)
+    if weights is not None:
+        scored = scored.transform(with_sds, weights=weights, k=cfg.clipselect.k, group="image_cluster", key="uid")
+    if dedup_threshold is not None:
+        duplicates = dedup_groups(scored, rank=baselines.dedup_rank, threshold=dedup_threshold, dim=dim)
+        scored = scored.join(duplicates, on="uid", how="left")
+    scored = scored.drop("image_emb", "text_emb")
     if cfg.normsim2_dynamic.enabled and n_ok:
         survived = normsim2_dynamic_survival(
             ok.select("uid", "image_emb", "text_emb"), cfg=cfg.normsim2_dynamic, dim=dim, n_pool=n_ok
@@ -176,10 +181,59 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
         )  # fmt: skip
         io.replace_partition(duplicates, io.sibling(cfg.output, "duplicates"), "run_id", run_id)
     seconds = time.time() - started
-    _record_run(spark, cfg, run_id, lineage, started_at, seconds, rows_in, by_status)
+    io.record_run(
+        spark, cfg.output, run_id=run_id, started_at=started_at, seconds=seconds, input_label=cfg.input.label,
+        rows_in=rows_in, by_status=by_status, config=to_dict(cfg), lineage=lineage,
+    )  # fmt: skip
     if rows_out != rows_in:
         raise RuntimeError(f"run {run_id}: {rows_in} rows read but {rows_out} written; the table was left as written")
     return ScoreResult(run_id=run_id, rows_in=rows_in, rows_out=rows_out, by_status=by_status, seconds=seconds)
+
+
+def _with_negclip(
+    scored: DataFrame,
+    *,
+    spark: SparkSession,
+    cfg: ScoreConfig,
+    ok: DataFrame,
+    dim: int,
+    n_ok: int,
+    keep_embeddings: bool,
+) -> DataFrame:
+    """negCLIPLoss columns on the scored rows: in place on DataComp shards grouped by shard (each shard is one
+    task since the read), else through a shuffle that gives every group a task of its own."""
+    n_groups = max(1, math.ceil(n_ok / cfg.negclip.group_rows))
+    aligned = cfg.negclip.grouping == "shard" and cfg.input.kind == "datacomp"
+    keys = None
+    if not aligned:
+        if cfg.negclip.grouping == "shard":
+            groups = sorted(r["source"] for r in ok.select("source").distinct().collect())  # one per shard
+        else:
+            groups = [str(i) for i in range(n_groups)]
+        keys = one_partition_keys(spark, groups)
+    return scored.transform(
+        with_negclip, cfg=cfg.negclip, dim=dim, n_groups=n_groups, aligned=aligned, partition_keys=keys,
+        keep_embeddings=keep_embeddings,
+    )  # fmt: skip
+
+
+def _clipselect_adapters(cfg: ScoreConfig, dim: int, lineage: dict[str, object]) -> AdapterWeights:
+    """The adapters of the label-free SAS/SDS: loaded from ``clipselect.adapters``, else identity."""
+    if cfg.clipselect.adapters is None:
+        lineage["clipselect"] = json.dumps({"k": cfg.clipselect.k, "adapters": "identity"})
+        return AdapterWeights.identity(dim)
+    from udfs.adapters import load_adapters
+
+    folder = cfg.clipselect.adapters
+    try:
+        pair, provenance = load_adapters(folder)
+    except (OSError, ValueError) as exc:
+        raise ConfigError("clipselect.adapters", f"cannot load adapters from '{folder}': {exc}") from exc
+    if pair.dim != dim:
+        raise ConfigError("clipselect.adapters", f"the adapters have dimension {pair.dim}, the pool {dim}")
+    info = {"k": cfg.clipselect.k, "adapters": folder, "weights_sha256": provenance.get("weights_sha256")}
+    lineage["clipselect"] = json.dumps(info, sort_keys=True)
+    return AdapterWeights.from_pair(pair)
 
 
 def one_partition_keys(spark: SparkSession, groups: Sequence[str]) -> dict[str, int] | None:
@@ -206,6 +260,7 @@ def derive_run_id(cfg: ScoreConfig, lineage: dict[str, object]) -> str:
         "normsim": {"norms": list(cfg.normsim.norms), "signed_inf": cfg.normsim.signed_inf},
         "normsim2_dynamic": to_dict(cfg.normsim2_dynamic),
         "baselines": to_dict(cfg.baselines),
+        "clipselect": to_dict(cfg.clipselect),
         "targets": lineage["targets"],
         "code_version": lineage["code_version"],
     }
@@ -247,15 +302,6 @@ def _baselines_lineage(cfg: ScoreConfig, kmeans_clusters: object) -> dict[str, o
     return out
 
 
-def _detect_dim(raw: DataFrame) -> int:
-    """The most common image embedding length (a few malformed rows do not decide it)."""
-    sizes = raw.where(F.col("image_emb").isNotNull()).groupBy(F.size("image_emb").alias("d")).count()
-    row = sizes.orderBy(F.col("count").desc(), F.col("d").asc()).first()
-    if row is None:
-        raise ValueError("the input has no image embeddings; set input.dim or check input.image_col")
-    return int(row["d"])
-
-
 def _handle(target: io.Target, cfg: NormSimConfig, rows_needed: bool = False) -> TargetHandle:
     """The target for the UDFs: its rows travel in the closure when small, else they are staged; NormSim₂
     alone needs only the second moment, so without NormSim∞ (or the image-based baseline) no rows travel."""
@@ -284,8 +330,10 @@ def _output_columns(cfg: ScoreConfig) -> list[str]:
     b = cfg.baselines
     if b.basic or b.text_based or b.image_based_target:
         cols += CAPTION_COLUMNS
-    if b.needs_clusters:
+    if cfg.needs_clusters:
         cols += CLUSTER_COLUMNS
+    if cfg.clipselect.enabled:
+        cols += CLIPSELECT_COLUMNS
     if b.image_based_target:
         cols.append("image_based_filter")
     if b.dedup_threshold is not None:
@@ -318,36 +366,6 @@ def _with_missing_columns(df: DataFrame, *, columns: Sequence[str]) -> DataFrame
         if c not in df.columns:
             df = df.withColumn(c, F.lit(None).cast(_COLUMN_TYPES.get(c, "double")))
     return df
-
-
-def _record_run(
-    spark: SparkSession,
-    cfg: ScoreConfig,
-    run_id: str,
-    lineage: dict[str, object],
-    started_at: datetime,
-    seconds: float,
-    rows_in: int,
-    by_status: dict[str, int],
-) -> None:
-    record = spark.createDataFrame(
-        [
-            (
-                run_id,
-                started_at.replace(tzinfo=None),
-                float(seconds),
-                cfg.input.label,
-                int(rows_in),
-                json.dumps(by_status, sort_keys=True),
-                json.dumps(to_dict(cfg), sort_keys=True),
-                json.dumps(lineage, sort_keys=True),
-                jobs.__version__,
-            )
-        ],
-        "run_id string, started_at timestamp, seconds double, input string, rows bigint, rows_by_status string, "
-        "config string, lineage string, code_version string",
-    )
-    io.replace_partition(record, io.sibling(cfg.output, "runs"), "run_id", run_id)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

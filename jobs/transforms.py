@@ -1,20 +1,33 @@
-"""DataFrame -> DataFrame transforms of the score job, chained with ``.transform``. No I/O, no actions."""
+"""DataFrame -> DataFrame transforms of the score and clipselect jobs, chained with ``.transform``.
+
+No I/O, no actions."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql.types import DoubleType, StructField, StructType
 
 from jobs.config import NegClipConfig
-from jobs.schemas import LINEAGE_DDL, NEGCLIP_DDL, STATUS
+from jobs.schemas import LINEAGE_DDL, STATUS
+from udfs.clipselect import AdapterWeights, sas_batch_fn, sds_group_fn
 from udfs.ingest import CHECKED_DDL, check_embeddings_fn
-from udfs.score import TargetHandle, clip_score_udf, negclip_group_fn, normsim_udf
+from udfs.score import (
+    NEGCLIP_COLUMNS,
+    NegClipSettings,
+    TargetHandle,
+    clip_score_udf,
+    negclip_group_fn,
+    negclip_partition_fn,
+    normsim_udf,
+)
 
 #: Score columns every score table has (null where the row was not scored or the score not asked for).
-BASE_SCORE_COLUMNS = ("clip_score", "negclip_loss", "negclip_r_i2t", "negclip_r_t2i")
+BASE_SCORE_COLUMNS = ("clip_score", *NEGCLIP_COLUMNS)
 
 
 def with_checked_embeddings(df: DataFrame, *, dim: int) -> DataFrame:
@@ -28,8 +41,13 @@ def with_checked_embeddings(df: DataFrame, *, dim: int) -> DataFrame:
 
 def with_duplicate_uids(df: DataFrame) -> DataFrame:
     """Mark repeated uids: the first ``ok`` row of a uid (by source, row) stays ``ok``, later ``ok`` ones
-    become ``duplicate_uid``. Only rows whose uid repeats are sorted; the repeated uids are broadcast.
+    become ``duplicate_uid``.
+
+    Only rows whose uid repeats are sorted; the repeated uids, and then the rows to demote, are broadcast and
+    joined back, so every row stays in its partition (a DataComp shard stays whole in its task, which lets
+    negCLIPLoss score it where it is).
     """
+    rid = df.withColumn("_rid", F.monotonically_increasing_id())
     repeated = (
         df.where(F.col("uid").isNotNull())
         .groupBy("uid")
@@ -37,18 +55,22 @@ def with_duplicate_uids(df: DataFrame) -> DataFrame:
         .where(F.col("count") > 1)
         .select("uid", F.lit(True).alias("_repeated"))
     )
-    marked = df.join(F.broadcast(repeated), on="uid", how="left")
     order = Window.partitionBy("uid").orderBy(
         (F.col("status") != STATUS.OK).asc(),
         F.col("source").asc_nulls_last(),
         F.col("source_row").asc_nulls_last(),
         F.xxhash64("image_emb", "text_emb"),
+        F.col("_rid"),
     )
-    occurrence = F.row_number().over(order)
-    dup = (F.col("_occurrence") > 1) & (F.col("status") == STATUS.OK)
-    multi = (
-        marked.where(F.col("_repeated"))
-        .withColumn("_occurrence", occurrence)
+    demoted = (
+        rid.join(F.broadcast(repeated), on="uid", how="inner")
+        .select("_rid", "status", F.row_number().over(order).alias("_occurrence"))
+        .where((F.col("_occurrence") > 1) & (F.col("status") == STATUS.OK))
+        .select("_rid", "_occurrence")
+    )
+    dup = F.col("_occurrence").isNotNull()
+    return (
+        rid.join(F.broadcast(demoted), on="_rid", how="left")
         .withColumn(
             "error",
             F.when(dup, F.format_string("uid repeats an earlier row (occurrence %d)", F.col("_occurrence"))).otherwise(
@@ -56,9 +78,8 @@ def with_duplicate_uids(df: DataFrame) -> DataFrame:
             ),
         )
         .withColumn("status", F.when(dup, F.lit(STATUS.DUPLICATE_UID)).otherwise(F.col("status")))
-        .drop("_occurrence")
+        .select(*df.columns)
     )
-    return marked.where(F.col("_repeated").isNull()).unionByName(multi).drop("_repeated").select(*df.columns)
 
 
 def with_status(df: DataFrame, *, dim: int) -> DataFrame:
@@ -99,28 +120,45 @@ def negclip_groups(df: DataFrame, *, cfg: NegClipConfig, n_groups: int) -> Colum
     return F.pmod(F.xxhash64(F.col("uid"), F.lit(cfg.seed)), F.lit(n_groups)).cast("string")
 
 
-def negclip_scores(
-    df: DataFrame, *, cfg: NegClipConfig, dim: int, n_groups: int, partition_keys: Mapping[str, int] | None = None
+def with_negclip(
+    df: DataFrame,
+    *,
+    cfg: NegClipConfig,
+    dim: int,
+    n_groups: int,
+    aligned: bool = False,
+    partition_keys: Mapping[str, int] | None = None,
+    keep_embeddings: bool = False,
 ) -> DataFrame:
-    """``uid, negclip_loss, negclip_r_i2t, negclip_r_t2i`` of ``ok`` rows, one Arrow task per group.
+    """Add ``negclip_loss``, ``negclip_r_i2t``, ``negclip_r_t2i`` to ``ok`` rows: one Arrow pass per group.
+
+    Every column of ``df`` passes through the pass (no join back); the embeddings only with ``keep_embeddings``.
 
     Args:
-        partition_keys: group name -> a key that Spark's hash partitioning sends to a partition of its
-            own (:func:`jobs.score.one_partition_keys`); then every group has a task to itself. Without
-            it groups are hashed into shuffle partitions and two groups may share a task.
+        aligned: the partitions of ``df`` already hold whole groups (``grouping: shard`` on DataComp shards, each
+            read by one task, with no shuffle since): each partition is scored where it is, no shuffle.
+        partition_keys: group name -> a key that Spark's hash partitioning sends to a partition of its own
+            (:func:`jobs.score.one_partition_keys`); then every group has a task to itself. Without it groups
+            are hashed into shuffle partitions and two groups may share a task. Unused when ``aligned``.
     """
-    fn = negclip_group_fn(
+    settings = NegClipSettings(
         rounds=cfg.rounds, batch_size=cfg.batch_size, tau=cfg.tau, seed=cfg.seed, dim=dim, block_rows=cfg.block_rows
     )
-    rows = df.select("uid", "image_emb", "text_emb", negclip_groups(df, cfg=cfg, n_groups=n_groups).alias("_group"))
+    drop = () if keep_embeddings else ("image_emb", "text_emb")
+    fields = [f for f in df.schema.fields if f.name not in drop]
+    schema = StructType([*fields, *(StructField(c, DoubleType()) for c in NEGCLIP_COLUMNS)])
+    rows = df.withColumn("_group", negclip_groups(df, cfg=cfg, n_groups=n_groups))
+    if aligned:
+        return rows.mapInArrow(negclip_partition_fn(settings, "_group", drop), schema)
+    fn = negclip_group_fn(settings, (*drop, "_group", "_key"))
     if not partition_keys:
-        return rows.groupBy("_group").applyInArrow(fn, NEGCLIP_DDL)
+        return rows.groupBy("_group").applyInArrow(fn, schema)
     keys = F.create_map(*[F.lit(x) for g, k in partition_keys.items() for x in (g, k)])
     return (
         rows.withColumn("_key", keys[F.col("_group")].cast("long"))
         .repartition(len(partition_keys), "_key")
         .groupBy("_key")
-        .applyInArrow(fn, NEGCLIP_DDL)
+        .applyInArrow(fn, schema)
     )
 
 
@@ -128,4 +166,68 @@ def with_lineage(df: DataFrame, *, run_id: str, lineage: dict[str, object]) -> D
     """Add ``run_id`` and the ``lineage`` struct (teacher, τ, B, K, seed, grouping, targets, code version)."""
     return df.withColumn("run_id", F.lit(run_id)).withColumn(
         "lineage", F.from_json(F.lit(json.dumps(lineage)), LINEAGE_DDL)
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# CLIP-powered selection (ALGORITHMS.md §4): clipsift clipselect, and the label-free variant in clipsift score
+
+#: Raw CLIP-powered selection scores; their min-max normalised forms and the criterion come from
+#: :func:`with_minmax` / :func:`with_criterion`, or from a ``clipselect`` selection in ``clipsift select``.
+CLIPSELECT_COLUMNS = ("sas", "sds")
+
+
+def with_sas(df: DataFrame, *, weights: AdapterWeights, prompts: np.ndarray | None) -> DataFrame:
+    """Add ``sas``: cosine of the adapted image and the adapted prompt of its ``label`` (``prompts``), or of the
+    adapted caption embedding ``text_emb`` when ``prompts`` is None (label-free). One Arrow pass, no shuffle."""
+    schema = StructType([*df.schema.fields, StructField("sas", DoubleType())])
+    return df.mapInArrow(sas_batch_fn(weights, prompts, df.columns), schema)
+
+
+def with_sds(df: DataFrame, *, weights: AdapterWeights, k: int, group: str, key: str) -> DataFrame:
+    """Add ``sds``: mean distance to the ``k − 1`` nearest adapted images of the same ``group`` (one Arrow task
+    per group, exact blocked kNN), joined back on the unique ``key``. A singleton group gets null."""
+    parts = (
+        df.select(key, group, "image_emb")
+        .groupBy(group)
+        .applyInArrow(sds_group_fn(weights, k, key), f"{key} {dict(df.dtypes)[key]}, sds double")
+    )
+    return df.join(parts, on=key, how="left")
+
+
+def with_minmax(df: DataFrame) -> DataFrame:
+    """Add ``sas_norm`` and ``sds_norm``: min-max over the frame, bounds from one Spark aggregate.
+
+    A constant score maps to 0; nulls stay null.
+    """
+    bounds = df.agg(
+        F.min("sas").alias("sas_lo"),
+        F.max("sas").alias("sas_hi"),
+        F.min("sds").alias("sds_lo"),
+        F.max("sds").alias("sds_hi"),
+    )
+    out = df.crossJoin(F.broadcast(bounds))
+    for name in ("sas", "sds"):
+        lo, hi = F.col(f"{name}_lo"), F.col(f"{name}_hi")
+        out = out.withColumn(
+            f"{name}_norm",
+            F.when(hi > lo, (F.col(name) - lo) / (hi - lo)).otherwise(F.when(F.col(name).isNotNull(), 0.0)),
+        )
+    return out.drop("sas_lo", "sas_hi", "sds_lo", "sds_hi")
+
+
+def with_criterion(df: DataFrame, *, lam: float) -> DataFrame:
+    """Add ``clipselect_score`` = ``sas_norm / mean(sas_norm) + lam · sds_norm / mean(sds_norm)``.
+
+    Means come from one Spark aggregate; a null ``sds_norm`` (singleton group) counts as 0, a term whose mean
+    is 0 contributes 0 (as :func:`udfs.kernels.clipselect.selection_scores`).
+    """
+    sds_n = F.coalesce(F.col("sds_norm"), F.lit(0.0))
+    means = df.agg(F.avg("sas_norm").alias("_sas_mean"), F.avg(sds_n).alias("_sds_mean"))
+    sas_term = F.when(F.col("_sas_mean") != 0, F.col("sas_norm") / F.col("_sas_mean")).otherwise(0.0)
+    sds_term = F.when(F.col("_sds_mean") != 0, sds_n / F.col("_sds_mean")).otherwise(0.0)
+    return (
+        df.crossJoin(F.broadcast(means))
+        .withColumn("clipselect_score", sas_term + F.lit(float(lam)) * sds_term)
+        .drop("_sas_mean", "_sds_mean")
     )

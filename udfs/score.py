@@ -7,7 +7,7 @@ non-null, finite, ``dim`` values each (the job filters the rest out first).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,35 +80,74 @@ def normsim_udf(handle: TargetHandle, norms: tuple[str, ...], dim: int, signed: 
     return normsim_column
 
 
-def negclip_group_fn(
-    *, rounds: int, batch_size: int, tau: float, seed: int, dim: int, block_rows: int | None
-) -> Callable[[pa.Table], pa.Table]:
-    """Grouped-map function for ``applyInArrow``: negCLIPLoss of every row of one group.
+#: The columns negCLIPLoss adds: the score and its two parts (ALGORITHMS.md §1.1), averaged over the rounds.
+NEGCLIP_COLUMNS = ("negclip_loss", "negclip_r_i2t", "negclip_r_t2i")
 
-    The group's rows are put in uid order (so the input order never matters), given the seeded
-    batch plan of :func:`udfs.kernels.batch_plan`, and scored by :func:`udfs.kernels.negclip_loss`;
-    the K rounds are averaged in the kernel. Output: ``uid, negclip_loss, negclip_r_i2t, negclip_r_t2i``.
+
+@dataclass(frozen=True)
+class NegClipSettings:
+    """What the negCLIPLoss of a group depends on (besides its rows)."""
+
+    rounds: int
+    batch_size: int
+    tau: float
+    seed: int
+    dim: int
+    block_rows: int | None = None
+
+
+def negclip_table(table: pa.Table, s: NegClipSettings, drop: tuple[str, ...] = ()) -> pa.Table:
+    """negCLIPLoss of every row of one group: the rows in uid order, less ``drop``, plus :data:`NEGCLIP_COLUMNS`.
+
+    The rows are put in uid order (so the input order never matters), given the seeded batch plan of
+    :func:`udfs.kernels.batch_plan`, and scored by :func:`udfs.kernels.negclip_loss`, which averages the rounds.
     """
+    uids = np.asarray(table.column("uid").to_pylist(), dtype=object)
+    order = np.argsort(uids.astype(str), kind="stable")
+    sorted_uids = [str(u) for u in uids[order]]
+    img = to_matrix(table.column("image_emb"), s.dim)[order]
+    txt = to_matrix(table.column("text_emb"), s.dim)[order]
+    plan = batch_plan(sorted_uids, s.rounds, s.batch_size, s.seed)
+    parts = negclip_loss(img, txt, plan, tau=s.tau, return_parts=True, block_rows=s.block_rows)
+    assert isinstance(parts, dict)
+    del img, txt
+    kept = table.drop_columns([c for c in drop if c in table.column_names]).take(pa.array(order))
+    for name, key in zip(NEGCLIP_COLUMNS, ("negclip_loss", "r_i2t", "r_t2i"), strict=True):
+        kept = kept.append_column(name, pa.array(parts[key], pa.float64()))
+    return kept
+
+
+def negclip_group_fn(s: NegClipSettings, drop: tuple[str, ...] = ()) -> Callable[[pa.Table], pa.Table]:
+    """Grouped-map function for ``applyInArrow``: :func:`negclip_table` of the group Spark hands over."""
 
     def negclip_group(table: pa.Table) -> pa.Table:
-        uids = np.asarray(table.column("uid").to_pylist(), dtype=object)
-        order = np.argsort(uids.astype(str), kind="stable")
-        sorted_uids = [str(u) for u in uids[order]]
-        img = to_matrix(table.column("image_emb"), dim)[order]
-        txt = to_matrix(table.column("text_emb"), dim)[order]
-        plan = batch_plan(sorted_uids, rounds, batch_size, seed)
-        parts = negclip_loss(img, txt, plan, tau=tau, return_parts=True, block_rows=block_rows)
-        assert isinstance(parts, dict)
-        return pa.table(
-            {
-                "uid": pa.array(sorted_uids, pa.string()),
-                "negclip_loss": pa.array(parts["negclip_loss"], pa.float64()),
-                "negclip_r_i2t": pa.array(parts["r_i2t"], pa.float64()),
-                "negclip_r_t2i": pa.array(parts["r_t2i"], pa.float64()),
-            }
-        )
+        return negclip_table(table, s, drop)
 
     return negclip_group
+
+
+def negclip_partition_fn(
+    s: NegClipSettings, group_col: str, drop: tuple[str, ...] = ()
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """``mapInArrow`` function for partitions that hold whole groups (a DataComp shard is read by one task).
+
+    The partition's rows are split by ``group_col`` and each group scored by :func:`negclip_table`; no shuffle.
+    The caller guarantees that no group spans two partitions.
+    """
+
+    def negclip_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        received = [b for b in batches if b.num_rows]
+        if not received:
+            return
+        table = pa.Table.from_batches(received)
+        members: dict[object, list[int]] = {}
+        for i, key in enumerate(table.column(group_col).to_pylist()):
+            members.setdefault(key, []).append(i)
+        for key in sorted(members, key=str):
+            rows = table.take(pa.array(members[key], pa.int64())) if len(members) > 1 else table
+            yield from negclip_table(rows, s, (*drop, group_col)).to_batches(max_chunksize=8192)
+
+    return negclip_partition
 
 
 def moment_partial_fn(dim: int) -> Callable[[Any], Any]:

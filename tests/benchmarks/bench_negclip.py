@@ -142,7 +142,7 @@ def group_fn_run(pool_dir: str, sizes: Sizes, rows_per_batch: int = 10_000) -> d
     import pyarrow as pa
 
     from udfs.arrow import from_matrix
-    from udfs.score import negclip_group_fn
+    from udfs.score import NegClipSettings, negclip_group_fn
 
     uids, img, txt = load_shards(pool_dir, sizes.dim)[0]
     n = len(uids)
@@ -160,7 +160,7 @@ def group_fn_run(pool_dir: str, sizes: Sizes, rows_per_batch: int = 10_000) -> d
     ]
     table = pa.Table.from_batches(batches)
     del uids, img, txt, batches
-    fn = negclip_group_fn(
+    settings = NegClipSettings(
         rounds=sizes.rounds,
         batch_size=sizes.batch_size,
         tau=sizes.tau,
@@ -168,6 +168,7 @@ def group_fn_run(pool_dir: str, sizes: Sizes, rows_per_batch: int = 10_000) -> d
         dim=sizes.dim,
         block_rows=sizes.block_rows,
     )
+    fn = negclip_group_fn(settings, ("image_emb", "text_emb", "_group"))
     before = proc_status().get("VmRSS", 0)
     exact = reset_peak_rss()
     start = time.perf_counter()

@@ -3,8 +3,10 @@
 * The whole score job, :func:`jobs.score.run`, on a synthetic DataComp pool (``jobs.synth``), no
   NormSim targets, once with negCLIPLoss and once without: the difference is the negCLIPLoss part
   of the job (an estimate: the two runs share their read, checks and Delta write).
-* The negCLIPLoss stage alone: :func:`jobs.transforms.negclip_scores` on the pool's ``ok`` rows,
-  persisted first, written to Spark's ``noop`` sink; and the same shuffle and Arrow hand-off with
+* The negCLIPLoss stage alone: :func:`jobs.transforms.with_negclip` on the pool's ``ok`` rows,
+  persisted first, written to Spark's ``noop`` sink, in both of the job's layouts: each shard scored
+  in the task that read it (DataComp input, ``grouping: shard``) and the groups shuffled into a task
+  each (table input, ``grouping: pool``); and the shuffle and Arrow hand-off with
   a group function that returns at once (what Spark costs without the kernel), which also tells
   which task and Python worker got each group.
 * Peak RSS of every Python worker (and of the JVM) during each of these, from ``/proc``.
@@ -35,6 +37,7 @@ JOB_ON = "score job, negCLIPLoss on"
 JOB_OFF = "score job, negCLIPLoss off"
 JOB_DIFF = "negCLIPLoss part of the job (on − off)"
 STAGE = "negCLIPLoss stage alone (noop sink)"
+STAGE_SHUFFLED = "negCLIPLoss stage alone, groups shuffled (noop sink)"
 TRANSFER = "same stage, group function returns at once"
 NORMSIM_INF = "NormSim∞ UDF"
 NORMSIM_2 = "NormSim₂ UDF"
@@ -161,22 +164,38 @@ def negclip_job(
 
     rep = Report()
     times: dict[str, float] = {}
-    for label, negclip in ((JOB_ON, True), (JOB_OFF, False)):
-        cfg = score_config(pool_dir, workdir / f"scores_{int(negclip)}", sizes, negclip=negclip)
-        with monitor.phase() as mem:
-            start = time.perf_counter()
-            result = score.run(spark, cfg)
-            times[label] = time.perf_counter() - start
+    all_times: dict[str, list[float]] = {JOB_ON: [], JOB_OFF: []}
+    best: dict[str, tuple[float, Any, int]] = {}
+    table = workdir / "scores_1_0"
+    # Alternating on/off runs, each into a fresh table; the best of each is kept (as for the kernel): the first
+    # big run of a session pays for growing the JVM heap and the workers' memory.
+    for repeat in range(max(1, sizes.heavy_repeats)):
+        for label, negclip in ((JOB_ON, True), (JOB_OFF, False)):
+            cfg = score_config(pool_dir, workdir / f"scores_{int(negclip)}_{repeat}", sizes, negclip=negclip)
+            with monitor.phase() as mem:
+                start = time.perf_counter()
+                result = score.run(spark, cfg)
+                seconds = time.perf_counter() - start
+            all_times[label].append(seconds)
+            if label not in best or seconds < best[label][0]:
+                best[label] = (seconds, mem, result.rows_out)
+                if negclip:
+                    table = workdir / f"scores_1_{repeat}"
+    for label in (JOB_ON, JOB_OFF):
+        seconds, mem, rows_out = best[label]
+        times[label] = seconds
+        runs = ", ".join(f"{t:.1f}" for t in all_times[label])
         rep.add(
             BENCH,
             label,
             "wall time",
-            times[label],
+            seconds,
             "s",
-            f"{result.rows_out:,} rows written to Delta; {quiet_note(mem.cpu)}",
+            f"{rows_out:,} rows written to Delta; best of {len(all_times[label])} ({runs} s), on and off "
+            f"alternating; {quiet_note(mem.cpu)}",
         )
-        if negclip:
-            rep.add(BENCH, label, "throughput", flops / times[label] / 1e9, "GFLOP/s", "negCLIPLoss FLOPs / whole job")
+        if label == JOB_ON:
+            rep.add(BENCH, label, "throughput", flops / seconds / 1e9, "GFLOP/s", "negCLIPLoss FLOPs / whole job")
         _memory_rows(rep, label, mem)
     diff = times[JOB_ON] - times[JOB_OFF]
     rep.add(BENCH, JOB_DIFF, "wall time", diff, "s", "estimate: difference of the two runs")
@@ -188,9 +207,8 @@ def negclip_job(
         "GFLOP/s",
         "negCLIPLoss FLOPs / (on − off)",
     )
-    rep.raw["spark_job_seconds"] = times
+    rep.raw["spark_job_seconds"] = {"best": times, "all": all_times}
 
-    table = workdir / "scores_1"
     rows = (
         spark.read.format("delta").load(str(table)).where(F.col("status") == "ok").select("uid", "negclip_loss")
     ).collect()
@@ -206,7 +224,7 @@ def negclip_stage(
 
     from jobs import io
     from jobs.schemas import STATUS
-    from jobs.transforms import negclip_groups, negclip_scores, with_status
+    from jobs.transforms import negclip_groups, with_negclip, with_status
 
     rep = Report()
     cfg = score_config(pool_dir, workdir / "unused", sizes, negclip=True)
@@ -221,24 +239,38 @@ def negclip_stage(
     n_ok = ok.count()
     n_groups = max(1, math.ceil(n_ok / cfg.negclip.group_rows))
 
-    runs: list[tuple[float, PhaseMemory]] = []
-    for _ in range(max(1, sizes.heavy_repeats)):
-        with monitor.phase() as mem:
-            start = time.perf_counter()
-            scores = ok.transform(negclip_scores, cfg=cfg.negclip, dim=dim, n_groups=n_groups)
-            scores.write.format("noop").mode("overwrite").save()
-            runs.append((time.perf_counter() - start, mem))
-    seconds, mem = min(runs, key=lambda r: r[0])
-    rep.add(
-        BENCH,
-        STAGE,
-        "wall time",
-        seconds,
-        "s",
-        f"{n_ok:,} persisted ok rows, grouping shard; best of {len(runs)}; {quiet_note(mem.cpu)}",
+    from jobs.score import one_partition_keys
+
+    groups = sorted(r["source"] for r in ok.select("source").distinct().collect())
+    layouts = (
+        (STAGE, "in the reader's partitions, as the job scores DataComp shards", {"aligned": True}),
+        (
+            STAGE_SHUFFLED,
+            "shuffled into one task per group, as the job does for table input or pool grouping",
+            {"partition_keys": one_partition_keys(spark, groups)},
+        ),
     )
-    rep.add(BENCH, STAGE, "throughput", flops / seconds / 1e9, "GFLOP/s", "")
-    _memory_rows(rep, STAGE, mem)
+    stage_seconds: dict[str, float] = {}
+    for case, how, options in layouts:
+        runs: list[tuple[float, PhaseMemory]] = []
+        for _ in range(max(1, sizes.heavy_repeats)):
+            with monitor.phase() as mem:
+                start = time.perf_counter()
+                scores = ok.transform(with_negclip, cfg=cfg.negclip, dim=dim, n_groups=n_groups, **options)
+                scores.write.format("noop").mode("overwrite").save()
+                runs.append((time.perf_counter() - start, mem))
+        seconds, mem = min(runs, key=lambda r: r[0])
+        stage_seconds[case] = seconds
+        rep.add(
+            BENCH,
+            case,
+            "wall time",
+            seconds,
+            "s",
+            f"{n_ok:,} persisted ok rows, grouping shard, {how}; best of {len(runs)}; {quiet_note(mem.cpu)}",
+        )
+        rep.add(BENCH, case, "throughput", flops / seconds / 1e9, "GFLOP/s", "")
+        _memory_rows(rep, case, mem)
 
     def arrived(table: Any) -> Any:
         import os
@@ -283,9 +315,7 @@ def negclip_stage(
         "shuffle partitions; each group runs single-threaded in its task",
     )
     rep.raw["negclip_stage"] = {
-        "seconds": seconds,
-        "all_seconds": [r[0] for r in runs],
-        "others_cores": mem.cpu.others,
+        "seconds": stage_seconds,
         "transfer_seconds": transfer,
         "rows": n_ok,
         "layout": [r.asDict() for r in layout],

@@ -170,6 +170,7 @@ def _cross_ratios(rep: Report, spark_scores: dict[str, float]) -> None:
     sb = bench_spark
     for case, name in (
         (sb.STAGE, "Spark negCLIPLoss stage / kernel alone"),
+        (sb.STAGE_SHUFFLED, "Spark negCLIPLoss stage, groups shuffled / kernel alone"),
         (sb.JOB_DIFF, "Spark job's negCLIPLoss part (on − off) / kernel alone"),
         (sb.JOB_ON, "whole Spark job (read, checks, write included) / kernel alone"),
     ):

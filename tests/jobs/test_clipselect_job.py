@@ -15,8 +15,9 @@ import pytest
 import torch
 from pyspark.sql import SparkSession
 
+from jobs import score, select
 from jobs.clipselect import run
-from jobs.config import ClipSelectConfig, from_dict
+from jobs.config import ClipSelectConfig, ScoreConfig, SelectConfig, from_dict
 from jobs.embed import model_spec
 from tests.support.tiny_clip import (
     FASHION_CLASSES,
@@ -26,7 +27,14 @@ from tests.support.tiny_clip import (
     trained_tiny_clip,
 )
 from udfs.adapters import apply_image, apply_text, load_adapters
-from udfs.kernels.clipselect import diversity_within_label, minmax, semantic_alignment
+from udfs.kernels import l2_normalize
+from udfs.kernels.clipselect import (
+    diversity_within_label,
+    minmax,
+    select_top_k,
+    selection_scores,
+    semantic_alignment,
+)
 from udfs.models import get_model
 
 N_POOL, NOISE, SEED, K, LAM = 2_000, 0.2, 0, 50, 0.1
@@ -176,3 +184,77 @@ def test_label_free_variant_gives_finite_scores(spark: SparkSession, embedded: d
     scores = spark.read.format("delta").load(str(root / "free_scores")).toPandas()
     assert np.isfinite(scores[["sas", "sds", "clipselect_score"]].to_numpy()).all()
     assert scores["sds_group"].nunique() > 1 and scores["optimiser_selected_50"].sum() == N_LABEL_FREE // 2
+
+
+# --------------------------------------------------------------------------------------------------
+# The same scores in clipsift select, and the label-free variant in the score table
+
+
+def _select(spark: SparkSession, scores: str, run_id: str, selections: list[dict[str, Any]]) -> dict[str, set[str]]:
+    cfg = from_dict(SelectConfig, {"scores": {"path": scores}, "run_id": run_id, "selections": selections})
+    results = select.run(spark, cfg)
+    return {r.name: {row["uid"] for row in spark.table(r.view).select("uid").collect()} for r in results}
+
+
+def test_select_clipselect_rule_is_the_criterion_top_k(
+    spark: SparkSession, embedded: dict[str, Any], labelled: dict[str, Any]
+) -> None:
+    """``clipsift select`` rule clipselect (λ at select time) keeps exactly the kernel's top-k of the criterion."""
+    ok = labelled["scores"].loc[embedded["uids"]]
+    views = _select(
+        spark,
+        str(embedded["root"] / "scores"),
+        labelled["result"].run_id,
+        [
+            {"name": "cs_half", "rule": "clipselect", "fraction": 0.5, "lam": LAM},
+            {"name": "cs_half_score", "rule": "top_fraction", "column": "clipselect_score", "fraction": 0.5},
+            {"name": "cs_alignment_only", "rule": "clipselect", "fraction": 0.3, "lam": 0.0},
+        ],
+    )
+    uids = np.asarray(embedded["uids"])
+    sas_n, sds_n = ok["sas_norm"].to_numpy(), np.nan_to_num(ok["sds_norm"].to_numpy())
+    expected = set(uids[select_top_k(selection_scores(sas_n, sds_n, LAM), 0.5)])
+    assert len(views["cs_half"]) == int(N_POOL * 0.5)
+    assert views["cs_half"] == expected == views["cs_half_score"]
+    by_sas = set(uids[np.argsort(-ok["sas"].to_numpy(), kind="stable")[: int(N_POOL * 0.3)]])
+    assert views["cs_alignment_only"] == by_sas
+
+
+def test_score_job_label_free_columns(spark: SparkSession, embedded: dict[str, Any], labelled: dict[str, Any]) -> None:
+    """``clipsift score`` with ``clipselect.enabled``: sas/sds in the score table, equal to the kernels, with identity
+    adapters (sas = clip_score) and with the adapters ``clipsift clipselect`` saved; then selected in SQL."""
+    root = embedded["root"]
+    base = {
+        "input": {"kind": "table", "path": str(root / "pairs")},
+        "output": {"path": str(root / "pool_scores")},
+        "negclip": {"enabled": True, "grouping": "pool", "batch_size": 64, "rounds": 1},
+        "baselines": {"kmeans": {"clusters": 5, "iterations": 5}},
+        "clipselect": {"enabled": True, "k": 10},
+    }
+    free = spark.read.format("delta").load(str(root / "pairs")).toPandas().set_index("uid")
+    img = np.stack(free["image_emb"].to_numpy()).astype(np.float32)
+    txt = np.stack(free["text_emb"].to_numpy()).astype(np.float32)
+    pair, _ = load_adapters(str(labelled["cfg"].adapters.save_path))
+    for adapters in (None, str(labelled["cfg"].adapters.save_path)):
+        data = {**base, "clipselect": {**base["clipselect"], "adapters": adapters}}
+        result = score.run(spark, from_dict(ScoreConfig, data))
+        assert result.rows_in == result.rows_out == N_LABEL_FREE and result.by_status == {"ok": N_LABEL_FREE}
+        out = spark.read.format("delta").load(str(root / "pool_scores")).where(f"run_id = '{result.run_id}'")
+        frame = out.toPandas().set_index("uid").loc[free.index]
+        assert frame[["sas", "sds", "negclip_loss", "image_cluster"]].notna().all().all()
+        lo_img, lo_txt = l2_normalize(img)[0], l2_normalize(txt)[0]  # the job normalises on ingest
+        if adapters is None:
+            np.testing.assert_allclose(frame["sas"], frame["clip_score"], rtol=0, atol=1e-6)
+            adapted = lo_img
+        else:
+            adapted = apply_image(pair, lo_img)
+            sas = semantic_alignment(adapted, apply_text(pair, lo_txt), np.arange(N_LABEL_FREE))
+            np.testing.assert_allclose(frame["sas"], sas, rtol=0, atol=1e-5)
+        clusters = frame["image_cluster"].to_numpy()
+        sds = diversity_within_label(adapted, clusters, 10)
+        np.testing.assert_allclose(frame["sds"], sds, rtol=0, atol=1e-5)
+        views = _select(
+            spark, str(root / "pool_scores"), result.run_id, [{"name": "free", "rule": "clipselect", "fraction": 0.4}]
+        )
+        crit = selection_scores(minmax(frame["sas"].to_numpy()), np.nan_to_num(minmax(sds)), 0.1)
+        assert views["free"] == set(frame.index[select_top_k(crit, 0.4)])

@@ -355,6 +355,42 @@ def test_datacomp_input_bad_shards(spark: SparkSession, tmp_path: Path) -> None:
     np.testing.assert_allclose(got, ref["negclip_loss"], atol=ATOL, rtol=0)
 
 
+def test_datacomp_repeated_uids_keep_first_row_in_its_shard_group(spark: SparkSession, tmp_path: Path) -> None:
+    """A uid repeated across and within shards: the first row stays ok and is scored with its own shard (the
+    shard is scored in the task that read it), the later rows are duplicate_uid and in no group."""
+    dim = 8
+    rng = np.random.default_rng(9)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    uids0, uids1 = _uids("a", 20), _uids("b", 15)
+    uids1 = [*uids1, uids0[3], uids1[2]]
+    arrays = {}
+    for stem, n in (("00000", 20), ("00001", 17)):
+        arrays[stem] = (rng.normal(size=(n, dim)).astype(np.float32), rng.normal(size=(n, dim)).astype(np.float32))
+        img, txt = arrays[stem]
+        _shard(pool, stem, uids0 if stem == "00000" else uids1, {"b32_img": img, "b32_txt": txt})
+    neg = {"rounds": 2, "batch_size": 8, "seed": 5, "tau": 0.01}
+    data = {
+        "input": {"kind": "datacomp", "path": str(pool), "arch": "b32", "dim": dim},
+        "output": {"path": str(tmp_path / "scores")},
+        "negclip": {k: v for k, v in neg.items() if k != "tau"},
+    }
+    result = run(spark, from_dict(ScoreConfig, data))
+    assert result.rows_in == result.rows_out == 37
+    assert result.by_status == {STATUS.OK: 35, STATUS.DUPLICATE_UID: 2}
+    out = _run_frame(spark, data["output"]["path"], result.run_id)
+    dups = out[out["status"] == STATUS.DUPLICATE_UID]
+    assert sorted(zip(dups["source"], dups["source_row"], strict=True)) == [("00001", 15), ("00001", 16)]
+    assert dups[SCORE_COLUMNS].isna().all().all()
+    ok = out[out["status"] == STATUS.OK].set_index("uid")
+    for stem, uids, n in (("00000", uids0, 20), ("00001", uids1, 15)):
+        img, txt = arrays[stem]
+        ref = _negclip_reference(uids[:n], l2_normalize(img[:n])[0], l2_normalize(txt[:n])[0], neg)
+        got = ok.loc[ref.index]
+        assert (got["source"] == stem).all()
+        np.testing.assert_allclose(got["negclip_loss"], ref["negclip_loss"], atol=ATOL, rtol=0, err_msg=stem)
+
+
 def test_datacomp_large_shard_without_npz(spark: SparkSession, tmp_path: Path) -> None:
     pool = tmp_path / "pool"
     pool.mkdir()

@@ -1,4 +1,4 @@
-"""negCLIPLoss groups get a task each (jobs.score.one_partition_keys + transforms.negclip_scores)."""
+"""negCLIPLoss groups get a task each (jobs.score.one_partition_keys + transforms.with_negclip)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pyspark.sql import functions as F
 
 from jobs.config import NegClipConfig
 from jobs.score import one_partition_keys
-from jobs.transforms import negclip_scores
+from jobs.transforms import with_negclip
 
 
 def test_every_group_has_a_partition_of_its_own(spark: SparkSession) -> None:
@@ -22,10 +22,10 @@ def test_every_group_has_a_partition_of_its_own(spark: SparkSession) -> None:
         F.array(F.lit(1.0).cast("float"), F.lit(0.0).cast("float")).alias("text_emb"),
     )
     cfg = NegClipConfig(batch_size=16, rounds=2)
-    out = df.transform(negclip_scores, cfg=cfg, dim=2, n_groups=8, partition_keys=keys)
+    out = df.transform(with_negclip, cfg=cfg, dim=2, n_groups=8, partition_keys=keys)
     per_partition = out.groupBy(F.spark_partition_id().alias("p")).count().collect()
     assert sorted(r["count"] for r in per_partition) == [50] * 8
-    hashed = df.transform(negclip_scores, cfg=cfg, dim=2, n_groups=8)
+    hashed = df.transform(with_negclip, cfg=cfg, dim=2, n_groups=8)
     assert sorted(r["uid"] for r in out.collect()) == sorted(r["uid"] for r in hashed.collect())
 
 

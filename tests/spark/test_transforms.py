@@ -13,10 +13,10 @@ from pyspark.sql import DataFrame, SparkSession
 from jobs.config import NegClipConfig
 from jobs.schemas import POOL_DDL, STATUS
 from jobs.transforms import (
-    negclip_scores,
     normsim_column,
     with_clip_score,
     with_lineage,
+    with_negclip,
     with_normsim,
     with_status,
 )
@@ -177,12 +177,21 @@ def test_with_normsim(small_ok: tuple[DataFrame, list[str], np.ndarray, np.ndarr
     np.testing.assert_allclose([rows[u]["normsim_inf_tg"] for u in uids], brute, atol=1e-6)
 
 
-@pytest.mark.parametrize("grouping", ["shard", "pool"])
-def test_negclip_scores_per_group(small_ok: tuple[DataFrame, list[str], np.ndarray, np.ndarray], grouping: str) -> None:
+@pytest.mark.parametrize(("grouping", "aligned"), [("shard", False), ("shard", True), ("pool", False)])
+def test_with_negclip_per_group(
+    small_ok: tuple[DataFrame, list[str], np.ndarray, np.ndarray], grouping: str, aligned: bool
+) -> None:
     df, uids, img, txt = small_ok
+    if aligned:  # whole shards per partition, as the DataComp reader gives them
+        df = df.repartition(3, "source")
     cfg = NegClipConfig(rounds=2, batch_size=4, tau=0.05, seed=11, grouping=grouping)  # type: ignore[arg-type]
-    got = {r["uid"]: r for r in df.transform(negclip_scores, cfg=cfg, dim=DIM, n_groups=1).collect()}
-    assert set(got) == set(uids)
+    out = df.transform(with_negclip, cfg=cfg, dim=DIM, n_groups=1, aligned=aligned)
+    assert out.columns == ["uid", "source", "source_row", "negclip_loss", "negclip_r_i2t", "negclip_r_t2i"]
+    got = {r["uid"]: r for r in out.collect()}
+    assert len(got) == len(uids) and set(got) == set(uids)
+    assert all((got[u]["source"], got[u]["source_row"]) == (f"shard{i % 2}", i) for i, u in enumerate(uids))
+    kept = df.transform(with_negclip, cfg=cfg, dim=DIM, n_groups=1, aligned=aligned, keep_embeddings=True)
+    assert {"image_emb", "text_emb"} <= set(kept.columns)
     groups = (
         [[i for i in range(len(uids)) if i % 2 == g] for g in (0, 1)]
         if grouping == "shard"
@@ -204,7 +213,7 @@ def test_with_lineage(spark: SparkSession) -> None:
     lineage = {
         "teacher": "b32", "normalized": True, "tau": 0.01, "batch_size": 8, "rounds": 2, "seed": 3,
         "grouping": "shard", "targets": [{"name": "t", "sha256": "abc", "rows": 5}], "code_version": "0.1.0",
-        "baselines": '{"config": {"basic": true}}',
+        "baselines": '{"config": {"basic": true}}', "clipselect": '{"adapters": "identity", "k": 50}',
     }  # fmt: skip
     df = spark.createDataFrame([("a",)], "uid string").transform(with_lineage, run_id="run-x", lineage=lineage)
     (row,) = df.collect()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.config import ConfigError, ScoreConfig, SelectConfig, from_dict, load
+from jobs.config import ClipSelectConfig, ConfigError, EmbedConfig, ScoreConfig, SelectConfig, from_dict, load
 
 SCORE_YAML: dict[str, Any] = {
     "input": {"kind": "datacomp", "path": "/data/pool", "arch": "b32"},
@@ -515,3 +515,107 @@ def test_select_main_bad_config(
 
     assert jobs.select.main(["--config", str(tmp_path / "none.yaml")]) == 2
     assert "none.yaml" in _one_line(capsys.readouterr().err)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLIP-powered selection: the clipselect rule, the score job's clipselect section, the clipselect job
+
+
+@pytest.mark.parametrize(
+    ("sel", "key"),
+    [
+        ({"name": "a", "rule": "clipselect"}, "selections[0].fraction"),
+        ({"name": "a", "rule": "clipselect", "fraction": 0.5, "lam": -0.1}, "selections[0].lam"),
+        ({"name": "a", "rule": "clipselect", "fraction": 0.5, "lam": float("nan")}, "selections[0].lam"),
+        ({"name": "a", "rule": "top_fraction", "column": "c", "fraction": 0.5, "lam": 0.1}, "selections[0].lam"),
+        ({"name": "a", "rule": "clipselect", "fraction": 0.5, "columns": ["sas"]}, "selections[0].columns"),
+    ],
+)
+def test_clipselect_rule_keys(sel: dict[str, Any], key: str) -> None:
+    assert _select_error(_select(sel)).key == key
+
+
+def test_clipselect_rule_defaults() -> None:
+    cfg = from_dict(SelectConfig, _select({"name": "cs", "rule": "clipselect", "fraction": 0.5}))
+    assert cfg.selections[0].lam is None and cfg.selections[0].columns == ()
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ({"enabled": True, "k": 1}, "clipselect.k"),
+        ({"adapters": "/some/folder"}, "clipselect.adapters"),
+        ({"enabled": True, "alpha": 1}, "clipselect.alpha"),
+    ],
+)
+def test_score_clipselect_section(section: dict[str, Any], key: str) -> None:
+    assert _score_error(_score(clipselect=section)).key == key
+
+
+def test_score_clipselect_needs_clusters() -> None:
+    assert not from_dict(ScoreConfig, _score()).needs_clusters
+    assert from_dict(ScoreConfig, _score(clipselect={"enabled": True})).needs_clusters
+
+
+CLIPSELECT_YAML: dict[str, Any] = {
+    "input": {"path": "/tmp/emb"},
+    "output": {"path": "/tmp/cs"},
+    "model": {"name": "ViT-B-32"},
+    "classes": ["cat", "dog"],
+    "adapters": {"save_path": "/tmp/adapters"},
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"classes": []}, "classes"),
+        ({"adapters": {}}, "adapters.save_path"),
+        ({"adapters": {"save_path": "/a", "epochs": 0}}, "adapters.epochs"),
+        ({"adapters": {"save_path": "/a", "lr": 0}}, "adapters.lr"),
+        ({"prompt_template": "a photo"}, "prompt_template"),
+        ({"k": 1}, "k"),
+        ({"lam": -1}, "lam"),
+        ({"ratios": [0.5, 0.501]}, "ratios"),
+        ({"ratios": [1.5]}, "ratios[0]"),
+        ({"optimiser_max_rows": -1}, "optimiser_max_rows"),
+        ({"input": {"path": "/a", "table": "s.t"}}, "input"),
+        ({"input": {"path": "/a", "label_col": None}}, "input.text_col"),
+        ({"input": {"path": "/a", "text_col": "t"}}, "input.text_col"),
+        ({"output": {"path": "/o", "format": "parquet"}}, "output.format"),
+        ({"run_id": "a b"}, "run_id"),
+        ({"pseudo_classes": 0}, "pseudo_classes"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_clipselect_config_errors_name_the_key(changes: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_dict(ClipSelectConfig, {**CLIPSELECT_YAML, **changes})
+    assert info.value.key == key
+
+
+def test_clipselect_label_free_needs_no_classes() -> None:
+    data = {**CLIPSELECT_YAML, "input": {"path": "/a", "label_col": None, "text_col": "text_emb"}, "classes": []}
+    cfg = from_dict(ClipSelectConfig, {k: v for k, v in data.items() if k != "adapters"})
+    assert not cfg.labelled
+
+
+# --------------------------------------------------------------------------------------------------
+# The shipped examples load
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("score.yaml", ScoreConfig),
+        ("select.yaml", SelectConfig),
+        ("embed.yaml", EmbedConfig),
+        ("clipselect.yaml", ClipSelectConfig),
+        ("select_clipselect.yaml", SelectConfig),
+    ],
+)
+def test_examples_load(name: str, cls: type) -> None:
+    load(cls, EXAMPLES / name)
