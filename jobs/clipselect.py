@@ -60,7 +60,7 @@ from jobs.transforms import with_criterion, with_minmax, with_sas, with_sds
 from udfs.adapters import AdapterPair, apply_text, save_adapters, train_adapters
 from udfs.clipselect import PACKED_DDL, AdapterWeights, pack_rows_fn, unpack_rows
 from udfs.kernels.clipselect import optimise_selection
-from udfs.models import get_model
+from udfs.models import ClipEncoder, get_model
 
 MISSING_LABEL = "missing_label"
 BAD_LABEL = "bad_label"
@@ -102,7 +102,7 @@ def run(spark: SparkSession, cfg: ClipSelectConfig) -> ClipSelectResult:
     if n_ok:
         if cfg.labelled:
             encoder = get_model(model_spec(cfg.model))
-            prompts = encoder.encode_texts([cfg.prompt_template.format(c) for c in cfg.classes])
+            prompts = class_prompts(encoder, cfg.classes, cfg.prompt_templates)
             losses: list[float] = []
             with job_description(spark, f"clipsift clipselect {run_id}: adapters"):
                 pair = train_adapters(
@@ -131,9 +131,9 @@ def run(spark: SparkSession, cfg: ClipSelectConfig) -> ClipSelectResult:
         if cfg.adapters.save_path is not None:
             provenance = {
                 "model": cfg.model.name, "pretrained": cfg.model.pretrained, "classes": list(cfg.classes),
-                "prompt_template": cfg.prompt_template, "training": to_dict(cfg.adapters), "final_loss": final_loss,
-                "input": cfg.input.label, "label_col": cfg.input.label_col, "rows": n_ok, "run_id": run_id,
-                "trained": cfg.labelled,
+                "prompt_templates": list(cfg.prompt_templates), "training": to_dict(cfg.adapters),
+                "final_loss": final_loss, "input": cfg.input.label, "label_col": cfg.input.label_col, "rows": n_ok,
+                "run_id": run_id, "trained": cfg.labelled,
             }  # fmt: skip
             save_adapters(pair, cfg.adapters.save_path, provenance)
         weights = AdapterWeights.from_pair(pair)
@@ -180,6 +180,17 @@ def run(spark: SparkSession, cfg: ClipSelectConfig) -> ClipSelectResult:
     if rows_out != rows_in:
         raise RuntimeError(f"run {run_id}: {rows_in} rows read but {rows_out} written; the table was left as written")
     return ClipSelectResult(run_id, rows_in, rows_out, by_status, seconds, final_loss)
+
+
+def class_prompts(encoder: ClipEncoder, classes: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+    """``(C, d)`` unit prompt features: each template's class prompts embedded, averaged over templates, normalised."""
+    feats = np.stack([encoder.encode_texts([t.format(c) for c in classes]) for t in templates]).astype(np.float64)
+    if len(templates) == 1:
+        single: np.ndarray = feats[0].astype(np.float32)
+        return single
+    mean = feats.mean(axis=0)
+    out: np.ndarray = (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
+    return out
 
 
 def derive_run_id(cfg: ClipSelectConfig) -> str:

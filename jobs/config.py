@@ -661,7 +661,9 @@ class ClipSelectConfig:
     """The open_clip model that embedded the table; it embeds the class prompts on the driver."""
     classes: tuple[str, ...] = ()
     """Class names, label ``i`` is ``classes[i]`` (required with labels)."""
-    prompt_template: str = "A photo of a {}"
+    prompt_templates: tuple[str, ...] = ("A photo of a {}",)
+    """Each with ``{}`` for the class name; with several, a class's prompt feature is the normalised mean of its
+    templates' unit embeddings (CLIP's prompt ensembling)."""
     adapters: AdapterTrainingConfig = AdapterTrainingConfig()
     k: int = 50
     """SDS neighbours (scikit-learn's n_neighbors, the row itself included)."""
@@ -692,8 +694,11 @@ class ClipSelectConfig:
                 raise ConfigError(_join(key, "classes"), "give the class names (label i is classes[i])")
             if self.adapters.save_path is None:
                 raise ConfigError(_join(key, "adapters.save_path"), "give a folder for the trained adapters")
-        if "{}" not in self.prompt_template:
-            raise ConfigError(_join(key, "prompt_template"), "must contain '{}' for the class name")
+        if not self.prompt_templates:
+            raise ConfigError(_join(key, "prompt_templates"), "give at least one template, e.g. ['A photo of a {}']")
+        for i, template in enumerate(self.prompt_templates):
+            if "{}" not in template:
+                raise ConfigError(_join(key, f"prompt_templates[{i}]"), "must contain '{}' for the class name")
         if self.k < 2:
             raise ConfigError(_join(key, "k"), f"must be an integer >= 2, got {self.k}")
         if not math.isfinite(self.lam) or self.lam < 0:

@@ -20,6 +20,8 @@ Benchmarks (``--only`` names):
   embed_job       the whole embed job (jobs.embed.run: WebDataset in, Delta out), tiny model
   dedup_kernels   k-means assignment (nearest centroid) and semantic dedup against pool / cluster size,
                   rows/s and the fitted growth exponent of each
+  adapter_stream  clipselect's adapter-training batches streamed to the driver: Row objects against packed
+                  chunks, rows/s and the driver's peak RSS
 
 The GPU counterpart of embed_cpu (no Spark) is ``python -m tests.benchmarks.bench_embed_gpu --out DIR``.
 
@@ -41,7 +43,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import bench_dedup, bench_embed, bench_negclip, bench_normsim, bench_spark
+from . import bench_adapters, bench_dedup, bench_embed, bench_negclip, bench_normsim, bench_spark
 from .common import (
     FULL,
     QUICK,
@@ -58,8 +60,9 @@ from .common import (
 SCORE_BENCHMARKS = ("negclip_kernel", "negclip_spark", "normsim_kernel", "normsim_spark")
 EMBED_BENCHMARKS = ("embed_cpu", "embed_job")
 BASELINE_BENCHMARKS = ("dedup_kernels",)
-BENCHMARKS = SCORE_BENCHMARKS + EMBED_BENCHMARKS + BASELINE_BENCHMARKS
-_SPARK_BENCHMARKS = frozenset({"negclip_spark", "normsim_spark", "embed_cpu", "embed_job"})
+CLIPSELECT_BENCHMARKS = ("adapter_stream",)
+BENCHMARKS = SCORE_BENCHMARKS + EMBED_BENCHMARKS + BASELINE_BENCHMARKS + CLIPSELECT_BENCHMARKS
+_SPARK_BENCHMARKS = frozenset({"negclip_spark", "normsim_spark", "embed_cpu", "embed_job", "adapter_stream"})
 
 
 def pool_flops(sizes: Sizes) -> float:
@@ -151,6 +154,9 @@ def _measure(
                     rep.extend(bench_spark.negclip_stage(session, pool, workdir, sizes, flops, monitor))
                 if "normsim_spark" in selected and target is not None:
                     rep.extend(bench_spark.normsim_udfs(session, pool, target, sizes, monitor))
+                if "adapter_stream" in selected:
+                    rep.extend(bench_adapters.run(session, quick=sizes.name != "full"))
+                    rep.ratios += bench_adapters.ratios(rep)
                 # The job first: it builds its model in fresh workers (embed_cpu's last layout leaves
                 # 2 torch threads set in them, which a cached 1-thread model would then run with).
                 if "embed_job" in selected:

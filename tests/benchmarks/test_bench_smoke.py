@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from . import bench_embed, bench_negclip, bench_spark
+from . import bench_adapters, bench_embed, bench_negclip, bench_spark
 from .common import TOY
 from .run import SCORE_BENCHMARKS, run_suite, write_outputs
 
@@ -87,3 +87,13 @@ def test_dedup_benchmark_reports_finite_numbers(tmp_path: Path) -> None:
     _check_document(doc, tmp_path / "out")
     exponents = [r for r in doc["rows"] if r["metric"] == "exponent a"]
     assert len(exponents) == 2
+
+
+@pytest.mark.spark
+def test_adapter_stream_benchmark_streams_every_row_both_ways(spark: object, tmp_path: Path) -> None:
+    doc = run_suite(TOY, ["adapter_stream"], tmp_path / "work", spark=spark, warm_up=False)
+    _check_document(doc, tmp_path / "out")
+    raw = doc["raw"]
+    sums = [raw[f"adapters_{case}"]["checksum"] for case in (bench_adapters.ROWS, bench_adapters.PACKED)]
+    assert sums[0] == pytest.approx(sums[1])  # same rows, same order of epoch 0: same first values summed
+    assert any(r["name"].startswith("adapter stream:") for r in doc["ratios"])

@@ -16,7 +16,7 @@ import torch
 from pyspark.sql import SparkSession
 
 from jobs import score, select
-from jobs.clipselect import run
+from jobs.clipselect import class_prompts, run
 from jobs.config import ClipSelectConfig, ScoreConfig, SelectConfig, from_dict
 from jobs.embed import model_spec
 from tests.support.tiny_clip import (
@@ -134,7 +134,7 @@ def test_spark_scores_equal_in_process_kernels(embedded: dict[str, Any], labelle
     cfg: ClipSelectConfig = labelled["cfg"]
     pair, provenance = load_adapters(str(cfg.adapters.save_path))
     assert provenance["classes"] == list(FASHION_CLASSES) and provenance["trained"]
-    prompts = get_model(model_spec(cfg.model)).encode_texts([cfg.prompt_template.format(c) for c in cfg.classes])
+    prompts = class_prompts(get_model(model_spec(cfg.model)), cfg.classes, cfg.prompt_templates)
     adapted = apply_image(pair, embedded["emb"])
     sas = semantic_alignment(adapted, apply_text(pair, prompts), embedded["noisy"])
     sds = diversity_within_label(adapted, embedded["noisy"], K)
@@ -258,3 +258,14 @@ def test_score_job_label_free_columns(spark: SparkSession, embedded: dict[str, A
         )
         crit = selection_scores(minmax(frame["sas"].to_numpy()), np.nan_to_num(minmax(sds)), 0.1)
         assert views["free"] == set(frame.index[select_top_k(crit, 0.4)])
+
+
+def test_class_prompts_average_several_templates(embedded: dict[str, Any], labelled: dict[str, Any]) -> None:
+    encoder = get_model(model_spec(labelled["cfg"].model))
+    templates = ("a photo of a {}", "a blurry photo of the {}")
+    got = class_prompts(encoder, FASHION_CLASSES[:3], templates)
+    each = [encoder.encode_texts([t.format(c) for c in FASHION_CLASSES[:3]]).astype(np.float64) for t in templates]
+    mean = (each[0] + each[1]) / 2
+    np.testing.assert_allclose(got, mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+    assert not np.allclose(got, each[0], atol=1e-3)  # the second template changes the prompt features

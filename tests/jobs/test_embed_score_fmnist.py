@@ -110,9 +110,7 @@ def test_job_embeddings_equal_the_checkpoint_loaded_in_process(pool: dict[str, A
 
     model, preprocess, tokenizer = scored["tiny"].load()
     uids = sorted(pool["samples"])[:16]
-    pixels = torch.stack(
-        [preprocess(Image.open(_stdio.BytesIO(pool["samples"][u][0])).convert("RGB")) for u in uids]
-    )
+    pixels = torch.stack([preprocess(Image.open(_stdio.BytesIO(pool["samples"][u][0])).convert("RGB")) for u in uids])
     with torch.no_grad():
         img = model.encode_image(pixels, normalize=True).numpy()
         txt = model.encode_text(tokenizer([pool["samples"][u][1] for u in uids]), normalize=True).numpy()
@@ -127,7 +125,9 @@ def test_matching_captions_outrank_mismatched_ones(pool: dict[str, Any], scored:
     matching = np.array([pool["truth"][u] for u in uids])
     clip = frame.loc[uids, "clip_score"].to_numpy()
     negclip = frame.loc[uids, "negclip_loss"].to_numpy()
-    print(f"AUROC matching vs mismatched: clip_score {auroc(clip, matching):.4f}, negclip {auroc(negclip, matching):.4f}")  # noqa: E501 - one line in the log
+    print(
+        f"AUROC matching vs mismatched: clip_score {auroc(clip, matching):.4f}, negclip {auroc(negclip, matching):.4f}"
+    )
     assert auroc(clip, matching) > 0.9
     assert auroc(negclip, matching) > 0.9
     # and a model that knows nothing would not: shuffled labels sit near 0.5
