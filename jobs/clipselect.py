@@ -146,7 +146,9 @@ def run(spark: SparkSession, cfg: ClipSelectConfig) -> ClipSelectResult:
         scored = scored.transform(with_criterion, lam=cfg.lam)
         if cfg.optimiser_max_rows and n_ok <= cfg.optimiser_max_rows:
             with job_description(spark, f"clipsift clipselect {run_id}: optimiser"):
-                scored = scored.join(optimiser_columns(spark, scored, cfg.ratios, cfg.lam), on="_rid", how="left")
+                scored = scored.join(
+                    optimiser_columns(spark, scored, cfg.ratios, cfg.lam, cfg.beta), on="_rid", how="left"
+                )
         lineage["adapters"] = cfg.adapters.save_path
         lineage["final_loss"] = final_loss
 
@@ -161,7 +163,7 @@ def run(spark: SparkSession, cfg: ClipSelectConfig) -> ClipSelectResult:
     out = out.select(
         "uid", "status", "error", "label", F.col("sds_group").cast("int").alias("sds_group"), *columns,
         F.lit(json.dumps(lineage, sort_keys=True)).alias("lineage"),
-        F.lit(started_at.replace(tzinfo=None)).cast("timestamp").alias("scored_at"),
+        F.lit(started_at).cast("timestamp").alias("scored_at"),
         F.lit(run_id).alias("run_id"),
     )  # fmt: skip
     io.replace_partition(out, cfg.output, "run_id", run_id)
@@ -294,7 +296,9 @@ def optimiser_column(ratio: float) -> str:
     return f"optimiser_selected_{round(ratio * 100)}"
 
 
-def optimiser_columns(spark: SparkSession, scored: DataFrame, ratios: Sequence[float], lam: float) -> DataFrame:
+def optimiser_columns(
+    spark: SparkSession, scored: DataFrame, ratios: Sequence[float], lam: float, beta: float
+) -> DataFrame:
     """``_rid`` and one boolean column per ratio from the paper's STE optimiser, run on the driver.
 
     Only for pools of at most ``optimiser_max_rows`` rows: the three columns it needs are collected.
@@ -304,7 +308,7 @@ def optimiser_columns(spark: SparkSession, scored: DataFrame, ratios: Sequence[f
     sds_n = local["sds_norm"].to_numpy(dtype=np.float64)
     data = {"_rid": local["_rid"].to_numpy(dtype=np.int64)}
     for r in ratios:
-        data[optimiser_column(r)] = optimise_selection(sas_n, sds_n, r, lam=lam)
+        data[optimiser_column(r)] = optimise_selection(sas_n, sds_n, r, lam=lam, beta=beta)
     ddl = ", ".join(["_rid long", *(f"{optimiser_column(r)} boolean" for r in ratios)])
     return spark.createDataFrame(pd.DataFrame(data), ddl)
 

@@ -555,8 +555,9 @@ class ModelConfig:
 class EmbedOptions(EmbedSettings):
     """The embedding UDF's settings (batching, decoding limits, output dtype) plus commit size and retries."""
 
-    shards_per_commit: int = 8
-    """webdataset: tar shards per Delta commit (work committed survives a crash)."""
+    shards_per_commit: int | None = None
+    """webdataset: tar shards per Delta commit (work committed survives a crash); one task per shard. Default: the
+    session's default parallelism (its task slots: every core or GPU busy), at least 8."""
     rows_per_commit: int = 200_000
     """table input: rows per Delta commit."""
     retry_failed: bool = True
@@ -565,9 +566,11 @@ class EmbedOptions(EmbedSettings):
     def validate(self, key: str) -> None:
         for name in (
             "image_batch_size", "text_batch_size", "decode_threads", "prefetch_batches", "max_pixels",
-            "max_caption_chars", "shards_per_commit", "rows_per_commit", "log_every_rows",
+            "max_caption_chars", "rows_per_commit", "log_every_rows",
         ):  # fmt: skip
             _positive(f"{key}.{name}", getattr(self, name))
+        if self.shards_per_commit is not None:
+            _positive(f"{key}.shards_per_commit", self.shards_per_commit)
         if self.max_aspect_ratio < 1:
             raise ConfigError(f"{key}.max_aspect_ratio", "must be at least 1")
         if self.dtype not in ("float32", "float16"):
@@ -668,6 +671,8 @@ class ClipSelectConfig:
     k: int = 50
     """SDS neighbours (scikit-learn's n_neighbors, the row itself included)."""
     lam: float = 0.1
+    beta: float = 2.0
+    """The optimiser's weight of the count penalty β·|Σ STE(m) − k|/N (the authors' 2)."""
     pseudo_classes: int = 100
     """Label-free variant: k-means clusters the SDS is computed within."""
     kmeans_iterations: int = 20
@@ -703,6 +708,8 @@ class ClipSelectConfig:
             raise ConfigError(_join(key, "k"), f"must be an integer >= 2, got {self.k}")
         if not math.isfinite(self.lam) or self.lam < 0:
             raise ConfigError(_join(key, "lam"), f"must be a finite number >= 0, got {self.lam}")
+        if not math.isfinite(self.beta) or self.beta <= 0:
+            raise ConfigError(_join(key, "beta"), f"must be a finite number > 0, got {self.beta}")
         _positive(_join(key, "pseudo_classes"), self.pseudo_classes)
         _positive(_join(key, "kmeans_iterations"), self.kmeans_iterations)
         if self.optimiser_max_rows < 0:

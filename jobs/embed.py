@@ -95,7 +95,7 @@ def model_spec(cfg: ModelConfig) -> ModelSpec:
 def run(spark: SparkSession, cfg: EmbedConfig) -> EmbedResult:
     """Embed what ``cfg.output`` lacks of ``cfg.input`` for ``cfg.model``, a commit at a time."""
     started = time.time()
-    started_at = datetime.now(timezone.utc).replace(tzinfo=None)
+    started_at = datetime.now(timezone.utc)
     run_id = f"embed-{started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     spec = model_spec(cfg.model)
     try:
@@ -251,6 +251,16 @@ def _write_rejects(
     return int(mine.count())
 
 
+def task_slots(spark: SparkSession, floor: int = 8) -> int:
+    """How many tasks the session runs at once (Spark's default parallelism: its executors' cores), at least
+    ``floor``; ``floor`` where the session does not say (Spark Connect has no SparkContext)."""
+    try:
+        return max(floor, int(spark.sparkContext.defaultParallelism))
+    except Exception:  # Spark Connect raises a not-implemented error of its own
+        value = spark.conf.get("spark.default.parallelism", None)
+        return max(floor, int(value)) if value else floor
+
+
 def _chunks(cfg: EmbedConfig, todo: DataFrame, shards: Sequence[str], n_todo: int) -> list[tuple[str, DataFrame]]:
     """The rows to embed, one DataFrame per Delta commit."""
     spark = todo.sparkSession
@@ -259,7 +269,7 @@ def _chunks(cfg: EmbedConfig, todo: DataFrame, shards: Sequence[str], n_todo: in
     if cfg.input.kind == "webdataset":
         pending = {r["source"] for r in todo.select("source").distinct().collect()}
         todo_shards = [s for s in shards if s in pending]
-        step = cfg.embed.shards_per_commit
+        step = cfg.embed.shards_per_commit or task_slots(spark)
         out = []
         for lo in range(0, len(todo_shards), step):
             group = todo_shards[lo : lo + step]

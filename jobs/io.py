@@ -664,7 +664,7 @@ def record_run(
     record = spark.createDataFrame(
         [
             (
-                run_id, started_at.replace(tzinfo=None), float(seconds), input_label, int(rows_in),
+                run_id, started_at, float(seconds), input_label, int(rows_in),
                 json.dumps(by_status, sort_keys=True), json.dumps(config, sort_keys=True),
                 json.dumps(lineage, sort_keys=True), jobs.__version__,
             )

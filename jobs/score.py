@@ -164,7 +164,7 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
         scored.unionByName(rest, allowMissingColumns=True)
         .transform(_with_missing_columns, columns=columns)
         .transform(with_lineage, run_id=run_id, lineage=lineage)
-        .withColumn("scored_at", F.lit(started_at.replace(tzinfo=None)).cast("timestamp"))
+        .withColumn("scored_at", F.lit(started_at).cast("timestamp"))
         .select(*_ordered(columns))
     )
     io.replace_partition(out, cfg.output, "run_id", run_id)

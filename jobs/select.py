@@ -240,7 +240,7 @@ def export_subset(df: DataFrame, path: str) -> int:
 
 
 def _record(spark: SparkSession, cfg: SelectConfig, run_id: str, results: Sequence[SelectionResult]) -> None:
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = datetime.now(timezone.utc)
     params = {s.name: to_dict(s) for s in cfg.selections}
     rows = [
         (run_id, r.name, r.view, r.rule, json.dumps(params[r.name], sort_keys=True),

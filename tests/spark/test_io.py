@@ -271,3 +271,37 @@ def test_write_subset_npy(tmp_path: Path) -> None:
     assert arr.dtype == np.dtype("u8,u8")
     assert arr.tolist() == [(1, 2), (1, 9), (3, 1), (2**64 - 1, 0)]
     assert [p.name for p in out.parent.iterdir()] == ["subset.npy"]
+
+
+def test_run_record_time_is_the_instant_whatever_the_driver_time_zone(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Timestamps are written from aware UTC datetimes: a driver in another time zone records the same instant."""
+    import time
+    from datetime import datetime, timezone
+
+    started = datetime(2026, 11, 22, 21, 0, 5, tzinfo=timezone.utc)
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        io.record_run(
+            spark, TableRef(path=str(tmp_path / "scores")), run_id="r1", started_at=started, seconds=1.0,
+            input_label="x", rows_in=3, by_status={"ok": 3}, config={}, lineage={},
+        )  # fmt: skip
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    row = (
+        spark.read.format("delta")
+        .load(str(tmp_path / "scores_runs"))
+        .select(F.unix_timestamp("started_at").alias("epoch"))
+        .first()
+    )
+    assert row is not None and row["epoch"] == int(started.timestamp())
+
+
+def test_task_slots_follow_the_session(spark: SparkSession) -> None:
+    from jobs.embed import task_slots
+
+    assert task_slots(spark, floor=1) == spark.sparkContext.defaultParallelism
+    assert task_slots(spark) == max(8, spark.sparkContext.defaultParallelism)

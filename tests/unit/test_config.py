@@ -577,6 +577,7 @@ CLIPSELECT_YAML: dict[str, Any] = {
         ({"prompt_templates": []}, "prompt_templates"),
         ({"k": 1}, "k"),
         ({"lam": -1}, "lam"),
+        ({"beta": 0}, "beta"),
         ({"ratios": [0.5, 0.501]}, "ratios"),
         ({"ratios": [1.5]}, "ratios[0]"),
         ({"optimiser_max_rows": -1}, "optimiser_max_rows"),
