@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import io
-from jobs.config import ConfigError, KMeansConfig
+from jobs.config import KMEANS_PARALLEL_MAX_K, ConfigError, KMeansConfig
 from udfs.baselines import DEDUP_DDL, caption_filters_udf, dedup_group_fn, nearest_centroid_udf
 from udfs.kernels import nearest_centroid
 from udfs.score import TargetHandle, target_rows
@@ -28,7 +28,7 @@ DEDUP_COLUMNS = ("dedup_group", "dedup_similarity", "dedup_kept")
 
 
 def fit_kmeans(ok: DataFrame, cfg: KMeansConfig, n_ok: int) -> np.ndarray:
-    """``(k, d)`` float32 centroids of MLlib k-means (Euclidean, k-means||) on the rows' image embeddings.
+    """``(k, d)`` float32 centroids of MLlib k-means (Euclidean; initialised by :func:`kmeans_init_mode`).
 
     k is ``min(cfg.clusters, rows fitted on)``; with ``fit_rows`` the model is fitted on a seeded sample.
     """
@@ -41,8 +41,17 @@ def fit_kmeans(ok: DataFrame, cfg: KMeansConfig, n_ok: int) -> np.ndarray:
         data = data.sample(fraction=cfg.fit_rows / n_ok, seed=cfg.seed)
         n_fit = cfg.fit_rows
     k = max(2, min(cfg.clusters, n_fit))  # MLlib needs k > 1
-    model = KMeans(k=k, maxIter=cfg.iterations, seed=cfg.seed, featuresCol="features").fit(data)
+    model = KMeans(
+        k=k, maxIter=cfg.iterations, seed=cfg.seed, featuresCol="features", initMode=kmeans_init_mode(cfg, k)
+    ).fit(data)
     return np.ascontiguousarray(np.stack(model.clusterCenters()), dtype=np.float32)
+
+
+def kmeans_init_mode(cfg: KMeansConfig, k: int) -> str:
+    """MLlib's ``initMode`` for ``k`` clusters: ``cfg.init``; ``auto`` is k-means|| up to ``KMEANS_PARALLEL_MAX_K``."""
+    if cfg.init != "auto":
+        return cfg.init
+    return "k-means||" if k <= KMEANS_PARALLEL_MAX_K else "random"
 
 
 def centroid_handle(centroids: np.ndarray, closure_max_mb: int, staging_dir: str | None) -> TargetHandle:

@@ -237,6 +237,10 @@ class NormSim2DConfig:
         _positive(f"{key}.iterations", self.iterations)
 
 
+#: Above this many clusters ``kmeans.init: auto`` starts from random rows instead of k-means||.
+KMEANS_PARALLEL_MAX_K = 2_000
+
+
 @dataclass(frozen=True)
 class KMeansConfig:
     """Spark MLlib k-means of the pool's image embeddings (image-based filtering, semantic dedup)."""
@@ -247,6 +251,9 @@ class KMeansConfig:
     seed: int = 0
     fit_rows: int | None = None
     """Fit on a seeded sample of about this many rows (null: every ok row); every row is then assigned."""
+    init: Literal["auto", "k-means||", "random"] = "auto"
+    """MLlib's initialisation. ``auto``: k-means|| up to ``KMEANS_PARALLEL_MAX_K`` clusters, else random rows (as
+    faiss): k-means|| ends in a k-means++ over about 4·k candidates on the driver, hours at DataComp's k = 100k."""
 
     def validate(self, key: str) -> None:
         if self.clusters < 2:

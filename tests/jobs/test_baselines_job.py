@@ -189,3 +189,22 @@ def test_select_combines_baselines(spark: SparkSession, scored: dict[str, Any]) 
         frame.index[frame["image_based_filter"] & frame["dedup_kept"] & (frame["clip_b32_similarity_score"] >= theta)]
     )
     assert got == expected and got
+
+
+@pytest.mark.parametrize("init", ["random", "k-means||"])
+def test_kmeans_init_modes_fit_centroids_near_the_planted_clusters(
+    spark: SparkSession, pool: dict[str, Any], init: str
+) -> None:
+    """Both initialisations fit ``k`` unit-scale centroids; every planted cluster's mean has a centroid near it."""
+    from jobs.baselines import fit_kmeans
+    from jobs.config import KMeansConfig
+
+    img = pool["img"]
+    df = spark.createDataFrame([(v.tolist(),) for v in img], "image_emb array<float>")
+    cfg = KMeansConfig(clusters=CLUSTERS, iterations=20, seed=3, init=init)  # type: ignore[arg-type]
+    centroids = fit_kmeans(df, cfg, len(img))
+    assert centroids.shape == (CLUSTERS, DIM) and np.isfinite(centroids).all()
+    labels = pool["rows"]["cluster"].to_numpy()
+    for c in np.unique(labels):
+        mean = img[labels == c].mean(axis=0)
+        assert np.linalg.norm(centroids - mean, axis=1).min() < 0.5

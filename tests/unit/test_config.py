@@ -621,3 +621,15 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 )
 def test_examples_load(name: str, cls: type) -> None:
     load(cls, EXAMPLES / name)
+
+
+def test_kmeans_init() -> None:
+    from jobs.baselines import kmeans_init_mode
+    from jobs.config import KMEANS_PARALLEL_MAX_K, KMeansConfig
+
+    auto = KMeansConfig()
+    assert kmeans_init_mode(auto, 100) == "k-means||"
+    assert kmeans_init_mode(auto, KMEANS_PARALLEL_MAX_K + 1) == "random"
+    assert kmeans_init_mode(KMeansConfig(init="random"), 10) == "random"
+    assert kmeans_init_mode(KMeansConfig(init="k-means||"), 100_000) == "k-means||"
+    assert _score_error(_score(baselines={"kmeans": {"init": "kmeans++"}})).key == "baselines.kmeans.init"
