@@ -280,16 +280,38 @@ def _chunks(cfg: EmbedConfig, todo: DataFrame, shards: Sequence[str], n_todo: in
         return out
     n_chunks = max(1, math.ceil(n_todo / cfg.embed.rows_per_commit))
     pairs = io.read_pairs_table(spark, cfg.input)
-    bucket = F.pmod(F.xxhash64("uid"), F.lit(n_chunks))
+    bounds = uid_bounds(todo, n_chunks, n_todo)
     out = []
-    for j in range(n_chunks):
-        wanted = todo.where(bucket == j).select("uid", F.col("row_hash").alias("_kept_hash"))
-        rows = pairs.where(bucket == j).join(wanted, on="uid", how="inner")
+    for j in range(len(bounds) + 1):
+        in_range = F.lit(True)
+        if j > 0:
+            in_range = in_range & (F.col("uid") >= F.lit(bounds[j - 1]))
+        if j < len(bounds):
+            in_range = in_range & (F.col("uid") < F.lit(bounds[j]))
+        wanted = todo.where(in_range).select("uid", F.col("row_hash").alias("_kept_hash"))
+        rows = pairs.where(in_range).join(wanted, on="uid", how="inner")
         # A repeated uid keeps only its first row: the content hash picks it (computed only for those rows).
         rows = rows.where(F.col("_kept_hash").isNull() | (_row_hash() == F.col("_kept_hash"))).drop("_kept_hash")
         rows = rows.dropDuplicates(["uid"])  # rows identical in content tie on the hash: keep one
-        out.append((f"bucket {j + 1} of {n_chunks}", rows))
+        out.append((f"uid range {j + 1} of {len(bounds) + 1}", rows))
     return out
+
+
+def uid_bounds(todo: DataFrame, n_chunks: int, n_todo: int, sample_per_chunk: int = 200) -> list[str]:
+    """Up to ``n_chunks − 1`` increasing uids that cut ``todo`` into ranges of about equal size.
+
+    A commit reads the rows of one uid range: on an input table clustered by uid (Delta ``ZORDER BY``/liquid
+    clustering, or files sorted by uid) the file and row-group statistics skip the other files, so each file is
+    read about once; on an unclustered table each commit scans the table. From a seeded sample of the uids.
+    """
+    if n_chunks <= 1 or n_todo == 0:
+        return []
+    fraction = min(1.0, n_chunks * sample_per_chunk / n_todo)
+    sample = sorted(r["uid"] for r in todo.select("uid").sample(fraction=fraction, seed=17).collect())
+    if not sample:
+        return []
+    cuts = {sample[(len(sample) * j) // n_chunks] for j in range(1, n_chunks)}
+    return sorted(c for c in cuts if c > sample[0])
 
 
 def _embed(

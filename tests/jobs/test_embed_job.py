@@ -261,6 +261,7 @@ def test_table_of_image_paths_float16_and_retry(spark: SparkSession, inputs: dic
         "input__caption_col": "text",
         "input__image_path_col": "file",
         "embed__dtype": "float16",
+        "embed__rows_per_commit": 3,  # several commits, each a uid range
     }
     first = embed_job.run(spark, embed_config(inputs, output, **overrides))
     assert first.rows_in == pairs_table["n"]

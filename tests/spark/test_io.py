@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -305,3 +306,23 @@ def test_task_slots_follow_the_session(spark: SparkSession) -> None:
 
     assert task_slots(spark, floor=1) == spark.sparkContext.defaultParallelism
     assert task_slots(spark) == max(8, spark.sparkContext.defaultParallelism)
+
+
+def test_uid_bounds_cut_the_rows_into_even_ranges(spark: SparkSession) -> None:
+    from jobs.embed import uid_bounds
+
+    todo = spark.range(10_000).select(F.sha1(F.col("id").cast("string")).alias("uid"))
+    bounds = uid_bounds(todo, 8, 10_000)
+    assert bounds == sorted(bounds) and 1 <= len(bounds) <= 7
+    edges = [None, *bounds, None]
+    sizes = []
+    for lo, hi in itertools.pairwise(edges):
+        cond = F.lit(True)
+        if lo is not None:
+            cond = cond & (F.col("uid") >= lo)
+        if hi is not None:
+            cond = cond & (F.col("uid") < hi)
+        sizes.append(todo.where(cond).count())
+    assert sum(sizes) == 10_000  # every uid in exactly one range
+    assert len(bounds) == 7 and max(sizes) < 2 * 10_000 / 8
+    assert uid_bounds(todo, 1, 10_000) == [] and uid_bounds(todo, 4, 0) == []
