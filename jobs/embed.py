@@ -267,13 +267,15 @@ def _chunks(cfg: EmbedConfig, todo: DataFrame, shards: Sequence[str], n_todo: in
     if n_todo == 0:
         return []
     if cfg.input.kind == "webdataset":
-        pending = {r["source"] for r in todo.select("source").distinct().collect()}
-        todo_shards = [s for s in shards if s in pending]
+        # Per shard, how far its wanted rows reach: a read error before that is transient (the keys pass got there).
+        last = todo.groupBy("source").agg(F.max("source_row").alias("last")).collect()
+        needed = {str(r["source"]): int(r["last"]) + 1 for r in last}
+        todo_shards = [s for s in shards if s in needed]
         step = cfg.embed.shards_per_commit or task_slots(spark)
         out = []
         for lo in range(0, len(todo_shards), step):
             group = todo_shards[lo : lo + step]
-            rows = io.read_webdataset(spark, group, cfg.input.image_extensions)
+            rows = io.read_webdataset(spark, group, cfg.input.image_extensions, needed={s: needed[s] for s in group})
             wanted = todo.where(F.col("source").isin(group)).select("source", "source_row")
             label = f"shards {lo + 1}-{lo + len(group)} of {len(todo_shards)}"
             out.append((label, rows.join(F.broadcast(wanted), on=["source", "source_row"], how="left_semi")))

@@ -16,7 +16,7 @@ import os
 import re
 import tarfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -352,6 +352,7 @@ def read_webdataset(
     image_extensions: Sequence[str],
     keys_only: bool = False,
     rows_per_batch: int = 256,
+    needed: Mapping[str, int] | None = None,
 ) -> DataFrame:
     """Read WebDataset tar shards (img2dataset's layout) as rows of :data:`PAIRS_DDL`, one task per shard.
 
@@ -361,19 +362,31 @@ def read_webdataset(
     unreadable or broken tar gives the samples read so far plus one row with a null uid and
     ``load_status = unreadable_shard``. ``keys_only`` skips image and caption bytes (headers and
     ``.json`` members only), for a cheap pass over the uids.
+
+    ``needed`` (shard -> samples wanted from its start, as an earlier keys pass found them): a read error before
+    that many samples is not the shard's own defect (the keys pass got further) but a transient one, e.g. an
+    object store dropping the connection: the task fails, so Spark retries it, instead of the rows going missing.
     """
     paths = list(shards)
     exts = tuple(e.lower().lstrip(".") for e in image_extensions)
+    wanted = dict(needed or {})
 
     def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for index in batch.column(0).to_pylist():
-                yield from _read_tar(paths[index], exts, keys_only, rows_per_batch)
+                path = paths[index]
+                yield from _read_tar(path, exts, keys_only, rows_per_batch, wanted.get(path))
 
     return spark.range(0, len(paths), 1, numPartitions=max(1, len(paths))).mapInArrow(read, PAIRS_DDL)
 
 
-def _read_tar(path: str, exts: tuple[str, ...], keys_only: bool, rows_per_batch: int) -> Iterator[pa.RecordBatch]:
+class ShardReadError(RuntimeError):
+    """A shard read failed before the samples an earlier pass read from it: transient, so the task is retried."""
+
+
+def _read_tar(
+    path: str, exts: tuple[str, ...], keys_only: bool, rows_per_batch: int, needed: int | None = None
+) -> Iterator[pa.RecordBatch]:
     rows: list[dict[str, Any]] = []
     ordinal = 0
 
@@ -444,6 +457,11 @@ def _read_tar(path: str, exts: tuple[str, ...], keys_only: bool, rows_per_batch:
             if key is not None:
                 rows.append(sample_row(key, members))
     except (OSError, tarfile.TarError, EOFError) as exc:
+        if needed is not None and ordinal < needed:
+            raise ShardReadError(
+                f"reading tar shard {path} failed after {ordinal} of the {needed} samples an earlier pass read "
+                f"({type(exc).__name__}: {exc}); failing the task so that Spark retries it"
+            ) from exc
         if rows:
             yield flush()
         broken = {

@@ -202,6 +202,24 @@ def test_truncated_tar_keeps_the_samples_before_the_cut(
         assert [r["caption"] for r in rows[:2]] == [c.encode() for _, _, c in stamps[:2]]
 
 
+def test_read_error_before_the_needed_samples_fails_the_task(
+    spark: SparkSession, tmp_path: Path, stamps: Stamps
+) -> None:
+    """The embed pass knows how far the keys pass read a shard: an error before that (here the shard was cut
+    between the passes, as an object store dropping the connection would) fails the task for Spark to retry,
+    instead of losing rows; an error past the needed samples is the shard's own end, reported as before."""
+    raw = _write_tar(tmp_path / "full.tar", _shard_of(stamps[:4], "t")).read_bytes()
+    third_image = _member_offsets(raw)[6]
+    shard = tmp_path / "cut.tar"
+    shard.write_bytes(raw[: third_image.offset_data + third_image.size // 2])
+    with pytest.raises(Exception, match=r"failed after 2 of the 4 samples"):
+        _read(spark, [shard], needed={str(shard): 4})
+    _assert_broken_after(_read(spark, [shard], needed={str(shard): 2}), shard, ["t-0", "t-1"])
+    full = tmp_path / "whole.tar"
+    full.write_bytes(raw)
+    assert len(_read(spark, [full], needed={str(full): 4})) == 4
+
+
 @pytest.mark.parametrize("where", ["at_a_header", "inside_a_header"])
 def test_tar_cut_at_a_member_header_is_reported(
     spark: SparkSession, tmp_path: Path, stamps: Stamps, where: str
