@@ -1,10 +1,11 @@
-"""The ``clipsift`` command: ``clipsift score|select|synth|demo [options]``."""
+"""The ``clipsift`` command: ``clipsift embed|score|clipselect|select|synth|demo [options]``."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 USAGE = """usage: clipsift COMMAND [options]
 
@@ -18,17 +19,16 @@ commands:
 """
 
 
-def _commands() -> dict[str, Callable[[Sequence[str]], int]]:
-    from jobs import clipselect, demo, embed, score, select, synth
-
-    return {
-        "embed": embed.main,
-        "score": score.main,
-        "clipselect": clipselect.main,
-        "select": select.main,
-        "synth": synth.main,
-        "demo": demo.main,
-    }
+#: Command -> the job module whose ``main`` runs it. Only the chosen module is imported: ``score`` and ``select``
+#: run without torch (the CPU image), ``embed`` and ``clipselect`` need it.
+COMMANDS = {
+    "embed": "jobs.embed",
+    "score": "jobs.score",
+    "clipselect": "jobs.clipselect",
+    "select": "jobs.select",
+    "synth": "jobs.synth",
+    "demo": "jobs.demo",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,11 +39,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args else 2
     # A local run's Python workers must use this interpreter (and its packages).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    commands = _commands()
-    if args[0] not in commands:
+    if args[0] not in COMMANDS:
         print(f"clipsift: unknown command '{args[0]}'\n{USAGE}", file=sys.stderr)
         return 2
-    return commands[args[0]](args[1:])
+    try:
+        module = importlib.import_module(COMMANDS[args[0]])
+    except ImportError as exc:
+        missing = (exc.name or "").split(".")[0]
+        extra = "gpu" if missing in ("torch", "torchvision", "open_clip", "timm") else "spark"
+        print(
+            f"clipsift {args[0]}: needs '{missing or exc}', which is not installed; "
+            f"install it with clipsift's {extra} extra (pip install 'clipsift[{extra}]')",
+            file=sys.stderr,
+        )
+        return 2
+    code: int = module.main(args[1:])
+    return code
 
 
 if __name__ == "__main__":

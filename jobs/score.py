@@ -222,7 +222,10 @@ def _clipselect_adapters(cfg: ScoreConfig, dim: int, lineage: dict[str, object])
     if cfg.clipselect.adapters is None:
         lineage["clipselect"] = json.dumps({"k": cfg.clipselect.k, "adapters": "identity"})
         return AdapterWeights.identity(dim)
-    from udfs.adapters import load_adapters
+    try:
+        from udfs.adapters import load_adapters
+    except ImportError as exc:
+        raise ConfigError("clipselect.adapters", "loading adapters needs torch: pip install 'clipsift[gpu]'") from exc
 
     folder = cfg.clipselect.adapters
     try:
