@@ -38,6 +38,9 @@ def write_configs(out: Path, *, batch_size: int, rounds: int) -> tuple[Path, Pat
         "output": {"path": str(out / "scores")},
         "negclip": {"rounds": rounds, "batch_size": batch_size, "tau": 0.01, "seed": 0, "grouping": "shard"},
         "normsim": {"targets": [{"name": "target", "path": str(out / "pool" / "target.npy")}], "norms": ["2", "inf"]},
+        # The label-free CLIP-powered selection scores (sas, sds within k-means clusters of the images).
+        "baselines": {"kmeans": {"clusters": 64, "iterations": 10, "seed": 0}},
+        "clipselect": {"enabled": True, "k": 10},
         "spark": {"app_name": "clipsift-demo", "conf": SPARK_CONF},
     }
     select_cfg = {
@@ -51,6 +54,7 @@ def write_configs(out: Path, *, batch_size: int, rounds: int) -> tuple[Path, Pat
             {"name": "ranks20", "rule": "sum_of_ranks", "columns": ["negclip_loss", "normsim_inf_target"],
              "fraction": 0.2},
             {"name": "both30", "rule": "intersect", "of": ["clipscore30", "ncl30"]},
+            {"name": "clipselect30", "rule": "clipselect", "fraction": 0.3, "lam": 0.1},
         ],
         "spark": {"app_name": "clipsift-demo", "conf": SPARK_CONF},
     }  # fmt: skip
@@ -61,7 +65,7 @@ def write_configs(out: Path, *, batch_size: int, rounds: int) -> tuple[Path, Pat
 
 
 def summarize(spark: SparkSession, out: Path, run_id: str) -> str:
-    """How CLIPScore and negCLIPLoss treat each planted kind of row (clean, mismatched, generic, duplicate)."""
+    """How CLIPScore, negCLIPLoss and the CLIP-powered selection treat each planted kind of row."""
     kinds = (
         spark.read.option("pathGlobFilter", "*.parquet")
         .parquet(str(out / "pool" / "shards"))
@@ -70,10 +74,12 @@ def summarize(spark: SparkSession, out: Path, run_id: str) -> str:
     scores = spark.read.format("delta").load(str(out / "scores")).where(F.col("run_id") == run_id)
     cs = spark.table("clipscore30").select("uid", F.lit(1).alias("in_cs"))
     ncl = spark.table("ncl30").select("uid", F.lit(1).alias("in_ncl"))
+    cps = spark.table("clipselect30").select("uid", F.lit(1).alias("in_cps"))
     rows = (
         scores.join(kinds, "uid", "left")
         .join(cs, "uid", "left")
         .join(ncl, "uid", "left")
+        .join(cps, "uid", "left")
         .groupBy("synthetic_kind")
         .agg(
             F.count("*").alias("rows"),
@@ -81,18 +87,21 @@ def summarize(spark: SparkSession, out: Path, run_id: str) -> str:
             F.avg("negclip_loss").alias("ncl"),
             F.avg(F.coalesce("in_cs", F.lit(0))).alias("cs_top"),
             F.avg(F.coalesce("in_ncl", F.lit(0))).alias("ncl_top"),
+            F.avg(F.coalesce("in_cps", F.lit(0))).alias("cps_top"),
+            F.avg("sds").alias("sds"),
         )
         .orderBy("synthetic_kind")
         .collect()
     )
     lines = [
-        "| kind | rows | mean CLIPScore | mean negCLIPLoss | in CLIPScore top 30% | in negCLIPLoss top 30% |",
-        "|---|---|---|---|---|---|",
+        "| kind | rows | mean CLIPScore | mean negCLIPLoss | mean SDS | in CLIPScore top 30% | "
+        "in negCLIPLoss top 30% | in CLIP-powered top 30% |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['synthetic_kind']} | {r['rows']} | {r['clip']:.3f} | {r['ncl']:.3f} | "
-            f"{100 * r['cs_top']:.1f}% | {100 * r['ncl_top']:.1f}% |"
+            f"| {r['synthetic_kind']} | {r['rows']} | {r['clip']:.3f} | {r['ncl']:.3f} | {r['sds']:.3f} | "
+            f"{100 * r['cs_top']:.1f}% | {100 * r['ncl_top']:.1f}% | {100 * r['cps_top']:.1f}% |"
         )
     return "\n".join(lines)
 
@@ -126,7 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     selections = select.run(spark, load(SelectConfig, select_path))
     for s in selections:
         print(f"clipsift demo: view {s.view}: {s.rows} of {s.pool_rows} rows ({s.rule})")
-    print("\nHow each planted kind of row fares (generic captions: CLIPScore likes them, negCLIPLoss does not):\n")
+    print(
+        "\nHow each planted kind of row fares (generic captions: CLIPScore likes them, negCLIPLoss does not;"
+        " duplicates: the CLIP-powered selection's diversity term demotes them):\n"
+    )
     print(summarize(spark, out, result.run_id))
     print(f"\nclipsift demo: done in {time.time() - t0:.1f}s. Configs: {score_path}, {select_path}")
     return 0
