@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, DataFrameWriter, SparkSession
 from pyspark.sql import functions as F
 
 import jobs
@@ -636,6 +636,14 @@ def table_exists(spark: SparkSession, ref: TableRef) -> bool:
     return bool(fs.get_file_info(local).type == pafs.FileType.Directory)
 
 
+def _save(writer: DataFrameWriter, ref: TableRef) -> None:
+    """Run a Delta write to ``ref``: by catalog name or by path."""
+    if ref.table is not None:
+        writer.saveAsTable(ref.table)
+    else:
+        writer.save(str(ref.path))
+
+
 def replace_partition(df: DataFrame, ref: TableRef, column: str, value: str) -> None:
     """Write ``df`` as the rows of ``ref`` where ``column = value``, replacing any earlier ones.
 
@@ -649,10 +657,7 @@ def replace_partition(df: DataFrame, ref: TableRef, column: str, value: str) -> 
         .option("mergeSchema", "true")
         .partitionBy(column)
     )
-    if ref.table is not None:
-        writer.saveAsTable(ref.table)
-    else:
-        writer.save(str(ref.path))
+    _save(writer, ref)
 
 
 #: The runs table beside a score table (``<output>_runs``): one row per run of ``clipsift score``/``clipselect``.
@@ -697,10 +702,7 @@ def append_table(df: DataFrame, ref: TableRef, partition_by: str | None = None) 
     writer = df.write.format("delta").mode("append")
     if partition_by is not None:
         writer = writer.partitionBy(partition_by)
-    if ref.table is not None:
-        writer.saveAsTable(ref.table)
-    else:
-        writer.save(str(ref.path))
+    _save(writer, ref)
 
 
 def replace_where(df: DataFrame, ref: TableRef, condition: str, partition_by: str | None = None) -> None:
@@ -708,10 +710,7 @@ def replace_where(df: DataFrame, ref: TableRef, condition: str, partition_by: st
     writer = df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
     if partition_by is not None:
         writer = writer.partitionBy(partition_by)
-    if ref.table is not None:
-        writer.saveAsTable(ref.table)
-    else:
-        writer.save(str(ref.path))
+    _save(writer, ref)
 
 
 def delete_matching(spark: SparkSession, ref: TableRef, keys: DataFrame, key: str, condition: str) -> None:
@@ -729,10 +728,7 @@ def delete_matching(spark: SparkSession, ref: TableRef, keys: DataFrame, key: st
 def overwrite_table(df: DataFrame, ref: TableRef) -> None:
     """Replace a whole Delta table (selection materialisations)."""
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
-    if ref.table is not None:
-        writer.saveAsTable(ref.table)
-    else:
-        writer.save(str(ref.path))
+    _save(writer, ref)
 
 
 def write_subset_npy(uid_pairs: np.ndarray, path: str) -> None:
