@@ -44,7 +44,7 @@ test-data:
 	fi
 
 demo: setup
-	$(PYTHON) -m jobs.cli demo --out demo-output
+	$(PYTHON) -m clipsift demo --out demo-output
 
 test: setup
 	$(PYTHON) -m pytest tests -p no:cacheprovider -q
@@ -53,8 +53,8 @@ bench: setup
 	$(PYTHON) -m tests.benchmarks.run --out bench-output
 
 lint: setup
-	$(VENV)/bin/ruff check udfs jobs tests
-	$(VENV)/bin/mypy udfs jobs
+	$(VENV)/bin/ruff check clipsift/__init__.py clipsift/__main__.py udfs jobs tests
+	$(VENV)/bin/mypy -p clipsift
 
 clean:
 	rm -rf demo-output bench-output spark-warehouse metastore_db derby.log

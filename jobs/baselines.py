@@ -1,6 +1,6 @@
 """DataComp baselines and semantic deduplication on Spark: k-means with MLlib, then column transforms.
 
-The per-row computations live in :mod:`udfs.baselines` (over :mod:`udfs.kernels`); this module fits
+The per-row computations live in :mod:`clipsift.udfs.baselines` (over :mod:`clipsift.udfs.kernels`); this module fits
 the k-means model, finds the clusters of a target set, and chains the columns onto the scored rows.
 """
 
@@ -14,11 +14,11 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import io
-from jobs.config import KMEANS_PARALLEL_MAX_K, ConfigError, KMeansConfig
-from udfs.baselines import DEDUP_DDL, caption_filters_udf, dedup_group_fn, nearest_centroid_udf
-from udfs.kernels import nearest_centroid
-from udfs.score import TargetHandle, target_rows
+from clipsift.jobs import io
+from clipsift.jobs.config import KMEANS_PARALLEL_MAX_K, ConfigError, KMeansConfig
+from clipsift.udfs.baselines import DEDUP_DDL, caption_filters_udf, dedup_group_fn, nearest_centroid_udf
+from clipsift.udfs.kernels import nearest_centroid
+from clipsift.udfs.score import TargetHandle, target_rows
 
 CAPTION_COLUMNS = (
     "caption_lang", "caption_lang_prob", "basic_filter", "caption_in21k", "text_based_filter", "caption_prefilter",

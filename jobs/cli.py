@@ -22,12 +22,12 @@ commands:
 #: Command -> the job module whose ``main`` runs it. Only the chosen module is imported: ``score`` and ``select``
 #: run without torch (the CPU image), ``embed`` and ``clipselect`` need it.
 COMMANDS = {
-    "embed": "jobs.embed",
-    "score": "jobs.score",
-    "clipselect": "jobs.clipselect",
-    "select": "jobs.select",
-    "synth": "jobs.synth",
-    "demo": "jobs.demo",
+    "embed": "clipsift.jobs.embed",
+    "score": "clipsift.jobs.score",
+    "clipselect": "clipsift.jobs.clipselect",
+    "select": "clipsift.jobs.select",
+    "synth": "clipsift.jobs.synth",
+    "demo": "clipsift.jobs.demo",
 }
 
 

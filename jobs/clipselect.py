@@ -26,14 +26,6 @@ Every input row appears exactly once: ``ok`` with scores, or another status (``n
 
 from __future__ import annotations
 
-if __name__ == "__main__" and not __package__:
-    import os as _os
-    import sys as _sys
-
-    _here = _os.path.dirname(_os.path.abspath(__file__))
-    _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
-    _sys.path.insert(0, _os.path.dirname(_here))
-
 import hashlib
 import json
 import sys
@@ -49,18 +41,18 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-import jobs
-from jobs import io
-from jobs.baselines import centroid_handle, fit_kmeans, with_clusters
-from jobs.config import ClipSelectConfig, ConfigError, KMeansConfig, from_argv, to_dict
-from jobs.embed import model_spec
-from jobs.schemas import STATUS
-from jobs.session import get_spark, job_description
-from jobs.transforms import with_criterion, with_minmax, with_sas, with_sds
-from udfs.adapters import AdapterPair, apply_text, save_adapters, train_adapters
-from udfs.clipselect import PACKED_DDL, AdapterWeights, pack_rows_fn, unpack_rows
-from udfs.kernels.clipselect import optimise_selection
-from udfs.models import ClipEncoder, get_model
+import clipsift
+from clipsift.jobs import io
+from clipsift.jobs.baselines import centroid_handle, fit_kmeans, with_clusters
+from clipsift.jobs.config import ClipSelectConfig, ConfigError, KMeansConfig, from_argv, to_dict
+from clipsift.jobs.embed import model_spec
+from clipsift.jobs.schemas import STATUS
+from clipsift.jobs.session import get_spark, job_description
+from clipsift.jobs.transforms import with_criterion, with_minmax, with_sas, with_sds
+from clipsift.udfs.adapters import AdapterPair, apply_text, save_adapters, train_adapters
+from clipsift.udfs.clipselect import PACKED_DDL, AdapterWeights, pack_rows_fn, unpack_rows
+from clipsift.udfs.kernels.clipselect import optimise_selection
+from clipsift.udfs.models import ClipEncoder, get_model
 
 MISSING_LABEL = "missing_label"
 BAD_LABEL = "bad_label"
@@ -96,7 +88,7 @@ def run(spark: SparkSession, cfg: ClipSelectConfig) -> ClipSelectResult:
     ok = checked.where(F.col("status") == STATUS.OK)
     n_ok = ok.count()
 
-    lineage: dict[str, Any] = {"input": cfg.input.label, "model": cfg.model.name, "code_version": jobs.__version__}
+    lineage: dict[str, Any] = {"input": cfg.input.label, "model": cfg.model.name, "code_version": clipsift.__version__}
     final_loss: float | None = None
     scored: DataFrame | None = None
     if n_ok:
@@ -198,7 +190,7 @@ def class_prompts(encoder: ClipEncoder, classes: Sequence[str], templates: Seque
 def derive_run_id(cfg: ClipSelectConfig) -> str:
     """A run id from the settings that determine the scores."""
     basis = {k: v for k, v in to_dict(cfg).items() if k not in ("spark", "run_id", "output")}
-    basis["code_version"] = jobs.__version__
+    basis["code_version"] = clipsift.__version__
     return "clipselect-" + hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -260,7 +252,7 @@ def epoch_batches(
 
     Each epoch orders the rows by a seeded hash of (uid, epoch) and streams them with ``toLocalIterator`` (one
     partition at a time), packed by the executors into chunks of ``rows_per_chunk`` rows of raw float32 bytes
-    (:func:`udfs.clipselect.pack_rows_fn`), so the driver holds one partition's chunks and one batch, never the
+    (:func:`clipsift.udfs.clipselect.pack_rows_fn`), so the driver holds one partition's chunks and one batch, never the
     table, and pays a copy per value rather than a Python object.
     """
     epoch = iter(range(1 << 30))

@@ -20,8 +20,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-from udfs.embed import EmbedSettings
-from udfs.ingest import METADATA_COLUMNS
+from clipsift.udfs.embed import EmbedSettings
+from clipsift.udfs.ingest import METADATA_COLUMNS
 
 T = TypeVar("T")
 
@@ -642,7 +642,7 @@ class ClipSelectInputConfig:
 
 @dataclass(frozen=True)
 class AdapterTrainingConfig:
-    """Training of the linear image/text adapters (:func:`udfs.adapters.train_adapters`)."""
+    """Training of the linear image/text adapters (:func:`clipsift.udfs.adapters.train_adapters`)."""
 
     epochs: int = 30
     batch_size: int = 256

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from jobs.io import quote_ident, sql_string
+from clipsift.jobs.io import quote_ident, sql_string
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ import yaml
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from jobs import score, select
-from jobs.config import ScoreConfig, SelectConfig, load
-from jobs.session import get_spark
-from jobs.synth import SynthSpec, generate_pool, generate_target
+from clipsift.jobs import score, select
+from clipsift.jobs.config import ScoreConfig, SelectConfig, load
+from clipsift.jobs.session import get_spark
+from clipsift.jobs.synth import SynthSpec, generate_pool, generate_target
 
 SPARK_CONF = {
     "spark.sql.shuffle.partitions": "4",

@@ -15,15 +15,6 @@ embedding table (this run or an earlier one) or the rejects table; the job check
 
 from __future__ import annotations
 
-if __name__ == "__main__" and not __package__:
-    # Run as a file (spark-submit jobs/embed.py): put the project root, not jobs/, on the path.
-    import os as _os
-    import sys as _sys
-
-    _here = _os.path.dirname(_os.path.abspath(__file__))
-    _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
-    _sys.path.insert(0, _os.path.dirname(_here))
-
 import json
 import logging
 import math
@@ -39,13 +30,13 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-import jobs
-from jobs import io
-from jobs.config import ConfigError, EmbedConfig, ModelConfig, from_argv, to_dict
-from jobs.schemas import STATUS
-from jobs.session import get_spark, job_description, session_conf
-from udfs.embed import RETRYABLE, embed_fn, output_ddl
-from udfs.models import ModelIdentity, ModelLoadError, ModelSpec, identify
+import clipsift
+from clipsift.jobs import io
+from clipsift.jobs.config import ConfigError, EmbedConfig, ModelConfig, from_argv, to_dict
+from clipsift.jobs.schemas import STATUS
+from clipsift.jobs.session import get_spark, job_description, session_conf
+from clipsift.udfs.embed import RETRYABLE, embed_fn, output_ddl
+from clipsift.udfs.models import ModelIdentity, ModelLoadError, ModelSpec, identify
 
 LOG = logging.getLogger("clipsift.embed")
 
@@ -374,7 +365,7 @@ def _record_run(
                 json.dumps(result.by_status, sort_keys=True),
                 json.dumps(to_dict(cfg), sort_keys=True),
                 json.dumps(asdict(ident), sort_keys=True),
-                jobs.__version__,
+                clipsift.__version__,
             )
         ],
         "run_id string, model_id string, started_at timestamp, seconds double, input string, rows_in bigint, "

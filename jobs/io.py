@@ -29,11 +29,11 @@ import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, DataFrameWriter, SparkSession
 from pyspark.sql import functions as F
 
-import jobs
-from jobs.config import ClipSelectInputConfig, ConfigError, EmbedInputConfig, InputConfig, TableRef
-from jobs.schemas import POOL_ARROW, POOL_DDL, STATUS
-from udfs.arrow import half_columns_fn
-from udfs.ingest import METADATA_COLUMNS, METADATA_FIELDS
+import clipsift
+from clipsift.jobs.config import ClipSelectInputConfig, ConfigError, EmbedInputConfig, InputConfig, TableRef
+from clipsift.jobs.schemas import POOL_ARROW, POOL_DDL, STATUS
+from clipsift.udfs.arrow import half_columns_fn
+from clipsift.udfs.ingest import METADATA_COLUMNS, METADATA_FIELDS
 
 # --------------------------------------------------------------------------------------------------
 # Paths and SQL names
@@ -278,7 +278,7 @@ def _one_model(df: DataFrame, cfg: InputConfig) -> DataFrame:
 
 
 def read_pool(spark: SparkSession, cfg: InputConfig) -> DataFrame:
-    """The pool as rows of :data:`jobs.schemas.POOL_SCHEMA`, from DataComp shards or a table."""
+    """The pool as rows of :data:`clipsift.jobs.schemas.POOL_SCHEMA`, from DataComp shards or a table."""
     if cfg.kind == "datacomp":
         return read_datacomp(spark, str(cfg.path), cfg.arch)
     return read_table(spark, cfg)
@@ -689,7 +689,7 @@ def record_run(
             (
                 run_id, started_at, float(seconds), input_label, int(rows_in),
                 json.dumps(by_status, sort_keys=True), json.dumps(config, sort_keys=True),
-                json.dumps(lineage, sort_keys=True), jobs.__version__,
+                json.dumps(lineage, sort_keys=True), clipsift.__version__,
             )
         ],
         RUNS_DDL,

@@ -14,10 +14,10 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from jobs.config import NormSim2DConfig
-from jobs.cutoffs import keep_condition, top_n_cutoff
-from jobs.transforms import with_clip_score
-from udfs.score import TargetHandle, moment_partial_fn, normsim_udf
+from clipsift.jobs.config import NormSim2DConfig
+from clipsift.jobs.cutoffs import keep_condition, top_n_cutoff
+from clipsift.jobs.transforms import with_clip_score
+from clipsift.udfs.score import TargetHandle, moment_partial_fn, normsim_udf
 
 
 def pool_moment(df: DataFrame, dim: int) -> tuple[np.ndarray, int]:

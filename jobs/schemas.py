@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from udfs import ingest
+from clipsift.udfs import ingest
 
 
 class STATUS:

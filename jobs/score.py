@@ -13,16 +13,6 @@ the reason in ``error``.
 
 from __future__ import annotations
 
-if __name__ == "__main__" and not __package__:
-    # Run as a file (spark-submit jobs/NAME.py): put the project root, not jobs/, on the path, so
-    # jobs/select.py does not shadow the standard library's `select`.
-    import os as _os
-    import sys as _sys
-
-    _here = _os.path.dirname(_os.path.abspath(__file__))
-    _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
-    _sys.path.insert(0, _os.path.dirname(_here))
-
 import hashlib
 import json
 import math
@@ -36,9 +26,9 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-import jobs
-from jobs import io
-from jobs.baselines import (
+import clipsift
+from clipsift.jobs import io
+from clipsift.jobs.baselines import (
     CAPTION_COLUMNS,
     CLUSTER_COLUMNS,
     DEDUP_COLUMNS,
@@ -50,11 +40,11 @@ from jobs.baselines import (
     with_clusters,
     with_image_based,
 )
-from jobs.config import ConfigError, NormSimConfig, ScoreConfig, from_argv, to_dict
-from jobs.normsim2d import normsim2_dynamic_survival
-from jobs.schemas import STATUS
-from jobs.session import get_spark, job_description
-from jobs.transforms import (
+from clipsift.jobs.config import ConfigError, NormSimConfig, ScoreConfig, from_argv, to_dict
+from clipsift.jobs.normsim2d import normsim2_dynamic_survival
+from clipsift.jobs.schemas import STATUS
+from clipsift.jobs.session import get_spark, job_description
+from clipsift.jobs.transforms import (
     BASE_SCORE_COLUMNS,
     CLIPSELECT_COLUMNS,
     normsim_column,
@@ -67,10 +57,10 @@ from jobs.transforms import (
     with_sas,
     with_sds,
 )
-from udfs.clipselect import AdapterWeights
-from udfs.ingest import METADATA_COLUMNS
-from udfs.kernels import second_moment
-from udfs.score import TargetHandle
+from clipsift.udfs.clipselect import AdapterWeights
+from clipsift.udfs.ingest import METADATA_COLUMNS
+from clipsift.udfs.kernels import second_moment
+from clipsift.udfs.score import TargetHandle
 
 NORMSIM2D_COLUMN = "normsim2d_survived"
 
@@ -223,7 +213,7 @@ def _clipselect_adapters(cfg: ScoreConfig, dim: int, lineage: dict[str, object])
         lineage["clipselect"] = json.dumps({"k": cfg.clipselect.k, "adapters": "identity"})
         return AdapterWeights.identity(dim)
     try:
-        from udfs.adapters import load_adapters
+        from clipsift.udfs.adapters import load_adapters
     except ImportError as exc:
         raise ConfigError("clipselect.adapters", "loading adapters needs torch: pip install 'clipsift[gpu]'") from exc
 
@@ -286,7 +276,7 @@ def _lineage(cfg: ScoreConfig, targets: Sequence[io.Target]) -> dict[str, object
         "seed": cfg.negclip.seed,
         "grouping": cfg.negclip.grouping,
         "targets": [{"name": t.name, "sha256": t.sha256, "rows": int(t.matrix.shape[0])} for t in targets],
-        "code_version": jobs.__version__,
+        "code_version": clipsift.__version__,
     }
 
 
@@ -295,11 +285,11 @@ def _baselines_lineage(cfg: ScoreConfig, kmeans_clusters: object) -> dict[str, o
     b = cfg.baselines
     out: dict[str, object] = {"config": to_dict(b), "kmeans_clusters": kmeans_clusters}
     if b.basic or b.text_based or b.image_based_target:
-        from udfs.langid import langid_identity
+        from clipsift.udfs.langid import langid_identity
 
         out["langid"] = langid_identity()
     if b.text_based:
-        from udfs.wordnet import wordnet_identity
+        from clipsift.udfs.wordnet import wordnet_identity
 
         out["wordnet"] = wordnet_identity()
     return out

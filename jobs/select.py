@@ -5,21 +5,11 @@ Writes: one view per selection (``<view_schema>.<view_prefix><name>``), the sele
         ``<scores>_selections`` (one row per run and selection: rule, parameters, cut-offs, size,
         the view's SQL), and on request a Delta table of the selected uids and DataComp's ``.npy``.
 
-Cut-offs are computed in Spark (:mod:`jobs.cutoffs`) and written into each view as typed literals,
+Cut-offs are computed in Spark (:mod:`clipsift.jobs.cutoffs`) and written into each view as typed literals,
 so a view is plain SQL over the score table: query it, join it, or re-select without re-scoring.
 """
 
 from __future__ import annotations
-
-if __name__ == "__main__" and not __package__:
-    # Run as a file (spark-submit jobs/NAME.py): put the project root, not jobs/, on the path, so
-    # jobs/select.py does not shadow the standard library's `select`.
-    import os as _os
-    import sys as _sys
-
-    _here = _os.path.dirname(_os.path.abspath(__file__))
-    _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
-    _sys.path.insert(0, _os.path.dirname(_here))
 
 import json
 import sys
@@ -31,13 +21,13 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import io
-from jobs.config import ConfigError, SelectConfig, SelectionConfig, from_argv, to_dict
-from jobs.cutoffs import Cutoff, keep_condition, keep_sql, sql_double, top_n_cutoff
-from jobs.io import quote_ident, sql_string
-from jobs.schemas import STATUS
-from jobs.session import get_spark
-from jobs.transforms import CLIPSELECT_COLUMNS
+from clipsift.jobs import io
+from clipsift.jobs.config import ConfigError, SelectConfig, SelectionConfig, from_argv, to_dict
+from clipsift.jobs.cutoffs import Cutoff, keep_condition, keep_sql, sql_double, top_n_cutoff
+from clipsift.jobs.io import quote_ident, sql_string
+from clipsift.jobs.schemas import STATUS
+from clipsift.jobs.session import get_spark
+from clipsift.jobs.transforms import CLIPSELECT_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -181,8 +171,8 @@ def clipselect_criterion(pool: DataFrame, sas: str, sds: str, lam: float, key: s
 
     SAS' and SDS' are min-max normalised over the pool's rows with a SAS (bounds from one Spark aggregate, written
     as typed literals); a null SDS (a group of one) counts as 0; a term whose mean is 0 contributes 0. The same
-    arithmetic as :func:`jobs.transforms.with_minmax` + :func:`jobs.transforms.with_criterion` and the kernel
-    :func:`udfs.kernels.selection_scores`. Returns the SQL expression and the constants it uses.
+    arithmetic as :func:`clipsift.jobs.transforms.with_minmax` + :func:`clipsift.jobs.transforms.with_criterion`
+    and the kernel :func:`clipsift.udfs.kernels.selection_scores`. Returns the SQL expression and the constants it uses.
 
     Raises:
         ConfigError: (under ``key``) when no row of the pool has a SAS.

@@ -12,11 +12,11 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StructField, StructType
 
-from jobs.config import NegClipConfig
-from jobs.schemas import LINEAGE_DDL, STATUS
-from udfs.clipselect import AdapterWeights, sas_batch_fn, sds_group_fn
-from udfs.ingest import CHECKED_DDL, check_embeddings_fn
-from udfs.score import (
+from clipsift.jobs.config import NegClipConfig
+from clipsift.jobs.schemas import LINEAGE_DDL, STATUS
+from clipsift.udfs.clipselect import AdapterWeights, sas_batch_fn, sds_group_fn
+from clipsift.udfs.ingest import CHECKED_DDL, check_embeddings_fn
+from clipsift.udfs.score import (
     NEGCLIP_COLUMNS,
     NegClipSettings,
     TargetHandle,
@@ -34,7 +34,7 @@ def with_checked_embeddings(df: DataFrame, *, dim: int) -> DataFrame:
     """Add ``status``/``error``, L2-normalise the embeddings of ``ok`` rows and keep their norms.
 
     Problems, first one wins: the reader's ``load_status``, a null uid, then each embedding's null /
-    dimension / non-finite / zero norm (:mod:`udfs.ingest`). Embeddings of other rows become null.
+    dimension / non-finite / zero norm (:mod:`clipsift.udfs.ingest`). Embeddings of other rows become null.
     """
     return df.mapInArrow(check_embeddings_fn(dim), CHECKED_DDL)
 
@@ -138,7 +138,7 @@ def with_negclip(
         aligned: the partitions of ``df`` already hold whole groups (``grouping: shard`` on DataComp shards, each
             read by one task, with no shuffle since): each partition is scored where it is, no shuffle.
         partition_keys: group name -> a key that Spark's hash partitioning sends to a partition of its own
-            (:func:`jobs.score.one_partition_keys`); then every group has a task to itself. Without it groups
+            (:func:`clipsift.jobs.score.one_partition_keys`); then every group has a task to itself. Without it groups
             are hashed into shuffle partitions and two groups may share a task. Unused when ``aligned``.
     """
     settings = NegClipSettings(
@@ -220,7 +220,7 @@ def with_criterion(df: DataFrame, *, lam: float) -> DataFrame:
     """Add ``clipselect_score`` = ``sas_norm / mean(sas_norm) + lam · sds_norm / mean(sds_norm)``.
 
     Means come from one Spark aggregate; a null ``sds_norm`` (singleton group) counts as 0, a term whose mean
-    is 0 contributes 0 (as :func:`udfs.kernels.clipselect.selection_scores`).
+    is 0 contributes 0 (as :func:`clipsift.udfs.kernels.clipselect.selection_scores`).
     """
     sds_n = F.coalesce(F.col("sds_norm"), F.lit(0.0))
     means = df.agg(F.avg("sas_norm").alias("_sas_mean"), F.avg(sds_n).alias("_sds_mean"))

@@ -2,7 +2,7 @@
 # MAGIC %md
 # MAGIC # clipsift 0/3: embed a pool
 # MAGIC
-# MAGIC Runs the same `jobs.embed.run(spark, cfg)` as `clipsift embed`, on this notebook's `spark`: images and captions
+# MAGIC Runs the same `clipsift.jobs.embed.run(spark, cfg)` as `clipsift embed`, on this notebook's `spark`: images and captions
 # MAGIC (img2dataset WebDataset shards, or a table of image bytes or image paths) through an open_clip teacher, into
 # MAGIC the embedding table (`output` of the config, e.g. `clipsift.embeddings`: one row per uid and model), its
 # MAGIC rejects table `<output>_rejects` and its runs table `<output>_runs`. A rerun embeds only what the table lacks
@@ -27,8 +27,8 @@ import json
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
-from jobs import embed, io
-from jobs.config import EmbedConfig, ScoreConfig, load, to_dict
+from clipsift.jobs import embed, io
+from clipsift.jobs.config import EmbedConfig, ScoreConfig, load, to_dict
 
 # COMMAND ----------
 

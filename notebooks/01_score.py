@@ -2,7 +2,7 @@
 # MAGIC %md
 # MAGIC # clipsift 1/3: score a pool
 # MAGIC
-# MAGIC Runs the same `jobs.score.run(spark, cfg)` as `clipsift score`, on this notebook's `spark`. Writes the score
+# MAGIC Runs the same `clipsift.jobs.score.run(spark, cfg)` as `clipsift score`, on this notebook's `spark`. Writes the score
 # MAGIC table (`output` of the config, e.g. `clipsift.scores`) and its runs table `<output>_runs`.
 # MAGIC
 # MAGIC **Setup.** `jobs` and `udfs` must be importable: open this notebook from a Git folder of the repository (its
@@ -21,8 +21,8 @@ import json
 
 from pyspark.sql import functions as F
 
-from jobs import io, score
-from jobs.config import ScoreConfig, load, to_dict
+from clipsift.jobs import io, score
+from clipsift.jobs.config import ScoreConfig, load, to_dict
 
 # COMMAND ----------
 

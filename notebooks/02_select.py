@@ -2,7 +2,7 @@
 # MAGIC %md
 # MAGIC # clipsift 2/3: selections as SQL views
 # MAGIC
-# MAGIC Runs the same `jobs.select.run(spark, cfg)` as `clipsift select`: one view per selection over one scoring
+# MAGIC Runs the same `clipsift.jobs.select.run(spark, cfg)` as `clipsift select`: one view per selection over one scoring
 # MAGIC run, and one row per selection in `<scores>_selections` (rule, parameters, cut-offs, size, the view's SQL).
 # MAGIC Setup as in `01_score`.
 # MAGIC
@@ -13,8 +13,8 @@
 
 import json
 
-from jobs import select
-from jobs.config import SelectConfig, load, to_dict
+from clipsift.jobs import select
+from clipsift.jobs.config import SelectConfig, load, to_dict
 
 # COMMAND ----------
 

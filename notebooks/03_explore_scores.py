@@ -14,10 +14,10 @@
 
 from pyspark.sql import functions as F
 
-from jobs import io, select
-from jobs.config import SelectConfig, load
-from jobs.schemas import STATUS
-from jobs.transforms import BASE_SCORE_COLUMNS
+from clipsift.jobs import io, select
+from clipsift.jobs.config import SelectConfig, load
+from clipsift.jobs.schemas import STATUS
+from clipsift.jobs.transforms import BASE_SCORE_COLUMNS
 
 # COMMAND ----------
 

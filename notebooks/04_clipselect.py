@@ -2,10 +2,10 @@
 # MAGIC %md
 # MAGIC # clipsift: CLIP-powered selection of a labelled dataset
 # MAGIC
-# MAGIC Runs the same `jobs.clipselect.run(spark, cfg)` as `clipsift clipselect`: trains the linear adapters on the
+# MAGIC Runs the same `clipsift.jobs.clipselect.run(spark, cfg)` as `clipsift clipselect`: trains the linear adapters on the
 # MAGIC frozen embeddings (mini-batches streamed from Spark), saves them with provenance, and writes `sas`, `sds`, their
 # MAGIC min-max forms and `clipselect_score` to the output table (partitioned by `run_id`) plus `<output>_runs`. Then
-# MAGIC `jobs.select.run` creates the views of `rule: clipselect` selections, whose λ is chosen at select time.
+# MAGIC `clipsift.jobs.select.run` creates the views of `rule: clipselect` selections, whose λ is chosen at select time.
 # MAGIC Setup as in `01_score`.
 # MAGIC
 # MAGIC **Widgets.** `config`: a clipselect YAML (`examples/clipselect.yaml`); `select_config`: a select YAML over its
@@ -17,8 +17,8 @@ import json
 
 from pyspark.sql import functions as F
 
-from jobs import clipselect, select
-from jobs.config import ClipSelectConfig, SelectConfig, load, to_dict
+from clipsift.jobs import clipselect, select
+from clipsift.jobs.config import ClipSelectConfig, SelectConfig, load, to_dict
 
 # COMMAND ----------
 

@@ -20,7 +20,7 @@ if (ROOT / ".jars").is_dir():
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """local[2] Spark with Delta, UTC, 2 shuffle partitions, no UI, warehouse in a temp dir."""
-    from jobs.session import get_spark
+    from clipsift.jobs.session import get_spark
 
     warehouse = tmp_path_factory.mktemp("warehouse")
     session = get_spark(

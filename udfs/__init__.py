@@ -1,1 +1,1 @@
-"""clipsift's computing side: numpy kernels (``udfs.kernels``) and thin pandas-UDF wrappers."""
+"""clipsift's computing side: numpy kernels (``clipsift.udfs.kernels``) and thin pandas-UDF wrappers."""

@@ -1,6 +1,6 @@
 """UDF factories of the DataComp baselines and semantic deduplication: thin Arrow adapters over
-:mod:`udfs.kernels` (basic filter, nearest centroid, near-duplicate groups), :mod:`udfs.langid` and
-:mod:`udfs.wordnet`."""
+:mod:`clipsift.udfs.kernels` (basic filter, nearest centroid, near-duplicate groups), :mod:`clipsift.udfs.langid` and
+:mod:`clipsift.udfs.wordnet`."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql.functions import arrow_udf  # type: ignore[attr-defined]  # new in 4.1, not in the stubs
 
-from udfs.arrow import to_matrix
-from udfs.kernels import basic_filter, nearest_centroid, semantic_duplicates
-from udfs.score import TargetHandle, target_rows
+from clipsift.udfs.arrow import to_matrix
+from clipsift.udfs.kernels import basic_filter, nearest_centroid, semantic_duplicates
+from clipsift.udfs.score import TargetHandle, target_rows
 
 #: Fields of :func:`caption_filters_udf`'s struct (Spark DDL).
 CAPTION_FILTERS_DDL = (
@@ -29,7 +29,7 @@ def caption_filters(text: list[str | None], width: np.ndarray, height: np.ndarra
     image-based baseline (English, more than 1 word, more than 5 characters); ``text_based_filter``:
     English and some word's first WordNet synset is an ImageNet-21k class (null unless ``text_based``).
     """
-    from udfs.langid import detect_languages
+    from clipsift.udfs.langid import detect_languages
 
     lang, prob = detect_languages(text)
     basic = basic_filter(lang, text, width, height)
@@ -38,7 +38,7 @@ def caption_filters(text: list[str | None], width: np.ndarray, height: np.ndarra
     chars = np.array([len(t) if t else 0 for t in text])
     prefilter = english & (words > 1) & (chars > 5)
     if text_based:
-        from udfs.wordnet import caption_in_imagenet21k
+        from clipsift.udfs.wordnet import caption_in_imagenet21k
 
         in21k = pa.array(caption_in_imagenet21k(text), pa.bool_())
         text_filter = pa.array(english & in21k.to_numpy(zero_copy_only=False), pa.bool_())

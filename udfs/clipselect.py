@@ -1,5 +1,5 @@
 """Arrow functions of the CLIP-powered selection scores (ALGORITHMS.md §4): thin wrappers over
-:mod:`udfs.kernels.clipselect`, with the adapters' weights in the closure. No Spark here beyond the Arrow
+:mod:`clipsift.udfs.kernels.clipselect`, with the adapters' weights in the closure. No Spark here beyond the Arrow
 batches Spark hands over.
 """
 
@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from udfs.arrow import to_matrix
-from udfs.kernels import diversity_of_group, semantic_alignment
+from clipsift.udfs.arrow import to_matrix
+from clipsift.udfs.kernels import diversity_of_group, semantic_alignment
 
 if TYPE_CHECKING:
-    from udfs.adapters import AdapterPair
+    from clipsift.udfs.adapters import AdapterPair
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def sas_batch_fn(
 def sds_group_fn(weights: AdapterWeights, k: int, key: str) -> Callable[[pa.Table], pa.Table]:
     """``applyInArrow`` function: ``key`` and ``sds`` of every row of one group (a label or a k-means cluster).
 
-    SDS is :func:`udfs.kernels.diversity_of_group` on the adapted images; a singleton group gets null.
+    SDS is :func:`clipsift.udfs.kernels.diversity_of_group` on the adapted images; a singleton group gets null.
     """
 
     def sds_group(table: pa.Table) -> pa.Table:

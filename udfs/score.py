@@ -1,4 +1,4 @@
-"""Vectorised UDF factories for the scores: thin Arrow adapters over :mod:`udfs.kernels`.
+"""Vectorised UDF factories for the scores: thin Arrow adapters over :mod:`clipsift.udfs.kernels`.
 
 Each factory returns a UDF (or a grouped-map function) whose body converts Arrow list arrays to
 numpy matrices without copying and calls one kernel. Inputs must be rows with status ``ok``:
@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql.functions import arrow_udf  # type: ignore[attr-defined]  # new in 4.1, not in the stubs
 
-from udfs.arrow import to_matrix
-from udfs.kernels import batch_plan, clip_score, negclip_loss, normsim2_from_moment, normsim_inf, second_moment
+from clipsift.udfs.arrow import to_matrix
+from clipsift.udfs.kernels import batch_plan, clip_score, negclip_loss, normsim2_from_moment, normsim_inf, second_moment
 
 
 def clip_score_udf(dim: int) -> Any:
@@ -100,7 +100,8 @@ def negclip_table(table: pa.Table, s: NegClipSettings, drop: tuple[str, ...] = (
     """negCLIPLoss of every row of one group: the rows in uid order, less ``drop``, plus :data:`NEGCLIP_COLUMNS`.
 
     The rows are put in uid order (so the input order never matters), given the seeded batch plan of
-    :func:`udfs.kernels.batch_plan`, and scored by :func:`udfs.kernels.negclip_loss`, which averages the rounds.
+    :func:`clipsift.udfs.kernels.batch_plan`, and scored by :func:`clipsift.udfs.kernels.negclip_loss`, which
+    averages the rounds.
     """
     uids = np.asarray(table.column("uid").to_pylist(), dtype=object)
     order = np.argsort(uids.astype(str), kind="stable")

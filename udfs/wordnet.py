@@ -1,7 +1,7 @@
 """DataComp's text-based filter, the WordNet half: does some caption word name an ImageNet-21k synset?
 
 DataComp (``baselines/apply_filter.py: does_contain_text_entity``) keeps a caption when fastText
-says it is English (:mod:`udfs.langid`) and::
+says it is English (:mod:`clipsift.udfs.langid`) and::
 
     for word in text.split():
         synsets = nltk.corpus.wordnet.synsets(word)
@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from udfs.models import file_sha256
+from clipsift.udfs.models import file_sha256
 
 #: Where Debian's ``wordnet-base`` puts the WordNet 3.0 database.
 WORDNET_DIR = Path("/usr/share/wordnet")
@@ -336,7 +336,7 @@ def caption_in_imagenet21k(
     pos_aware: bool = False,
     repeat_rules: bool = True,
 ) -> np.ndarray:
-    """DataComp's text-based test on each caption (the English check is :mod:`udfs.langid`'s).
+    """DataComp's text-based test on each caption (the English check is :mod:`clipsift.udfs.langid`'s).
 
     Args:
         texts: Captions; ``None`` (or NaN) for a missing one.

@@ -2,7 +2,7 @@
 
 * **rows**: the obvious way, ``toLocalIterator`` over the epoch's ordered rows, one Python ``Row`` (and one
   Python float per value) per input row, stacked into batches with ``np.asarray``.
-* **packed**: the job's :func:`jobs.clipselect.epoch_batches`: the executors pack chunks of rows into raw
+* **packed**: the job's :func:`clipsift.jobs.clipselect.epoch_batches`: the executors pack chunks of rows into raw
   float32 bytes, the driver gets one row per chunk and cuts batches from them.
 
 Both read the same persisted table in the same seeded order per epoch. Reported: rows/s of one epoch, the driver's
@@ -21,7 +21,7 @@ from .common import CpuWatch, Ratio, Report, proc_status, quiet_note, ratio, res
 
 BENCH = "Adapter training stream"
 ROWS = "rows: toLocalIterator of Row objects"
-PACKED = "packed chunks (jobs.clipselect.epoch_batches)"
+PACKED = "packed chunks (clipsift.jobs.clipselect.epoch_batches)"
 IMAGENET_ROWS = 1_281_167
 
 
@@ -62,7 +62,7 @@ def row_batches(df: Any, batch_size: int, seed: int, epoch: int) -> Any:
 
 def run(spark: Any, quick: bool = False, d: int = 768, batch_size: int = 256) -> Report:
     """One epoch each way over the same table; rows/s, driver peak RSS, and the packed / rows ratio."""
-    from jobs.clipselect import epoch_batches
+    from clipsift.jobs.clipselect import epoch_batches
 
     rep = Report()
     n = 5_000 if quick else 100_000

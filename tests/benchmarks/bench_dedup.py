@@ -42,7 +42,7 @@ def slope(sizes: list[int], seconds: list[float]) -> float:
 
 def run(quick: bool = False, d: int = 768) -> Report:
     """Both kernels at growing sizes; rows/s, GFLOP/s and the fitted growth exponents."""
-    from udfs.kernels import nearest_centroid, semantic_duplicates
+    from clipsift.udfs.kernels import nearest_centroid, semantic_duplicates
 
     rep = Report()
     k = 1_000 if quick else 10_000

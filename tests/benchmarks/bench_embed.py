@@ -8,10 +8,10 @@ with seeded random weights, fp32 on the CPU. Every number includes decoding the 
 * **Bare loop** (the baseline): one process, ``torch.set_num_threads(2)``; per batch PIL-open and
   ``.convert("RGB")`` the bytes, open_clip's own preprocess transform, stack, ``encode_image``,
   tokenizer + ``encode_text``, normalise.
-* **embed_batches** (the UDF's inner function, :func:`udfs.embed.embed_batches`) without Spark: one
+* **embed_batches** (the UDF's inner function, :func:`clipsift.udfs.embed.embed_batches`) without Spark: one
   process with 2 torch threads, and two processes with 1 thread each on half the rows (Spark's
   ``local[2]`` layout without Spark). Against the bare loop this isolates our pipeline's cost; the
-  :class:`udfs.embed.EmbedStats` time split says whether decode or the model limits it.
+  :class:`clipsift.udfs.embed.EmbedStats` time split says whether decode or the model limits it.
 * **Spark UDF**: ``df.mapInArrow(embed_fn(spec, settings), output_ddl("float32"))`` on a Parquet copy
   of the samples, into Spark's ``noop`` sink (read + decode + model, no Delta write), ``local[2]``:
   (a) 2 tasks with ``ModelSpec(threads=1)``, (b) 1 task with ``threads=2``. Each layout is warmed
@@ -22,7 +22,7 @@ The machine is shared, so every path is timed once per round, in turn, and the b
 is kept for each: the paths meet the same foreign load. At full sizes each timed path first waits
 (up to two minutes) for a moment when other processes use less than a quarter of a core; each
 timed result notes the foreign load it met.
-* **Job** (``embed_job``): ``jobs.embed.run`` on a WebDataset of the same samples, Delta write
+* **Job** (``embed_job``): ``clipsift.jobs.embed.run`` on a WebDataset of the same samples, Delta write
   included (tiny model only).
 
 The Spark path and the bare loop are checked to give the same embeddings (max abs difference).
@@ -75,7 +75,7 @@ PIPE_1x2 = "embed_batches, 1 process × 2 threads"
 PIPE_2x1 = "embed_batches, 2 processes × 1 thread, half the rows each"
 SPARK_2x1 = "Spark UDF, 2 tasks × 1 thread"
 SPARK_1x2 = "Spark UDF, 1 task × 2 threads"
-JOB = "jobs.embed.run on a WebDataset (2 shards), Delta write"
+JOB = "clipsift.jobs.embed.run on a WebDataset (2 shards), Delta write"
 #: Rows of the untimed first run that warms each path (torch's first calls, thread pools).
 WARM_ROWS = 16
 #: Longest wait for a quiet machine before each timed path at full sizes (:func:`wait_quiet`).
@@ -94,8 +94,8 @@ class ModelCase:
     text_batch_size: int
 
     def spec(self, threads: int) -> Any:
-        """The :class:`udfs.models.ModelSpec` of this model on the CPU with ``threads`` torch threads."""
-        from udfs.models import ModelSpec
+        """The :class:`clipsift.udfs.models.ModelSpec` of this model on the CPU with ``threads`` torch threads."""
+        from clipsift.udfs.models import ModelSpec
 
         return ModelSpec(
             self.name,
@@ -108,8 +108,8 @@ class ModelCase:
         )
 
     def settings(self, decode_threads: int = 2) -> Any:
-        """The UDF's :class:`udfs.embed.EmbedSettings`: this case's batch sizes, 2 decode threads."""
-        from udfs.embed import EmbedSettings
+        """The UDF's :class:`clipsift.udfs.embed.EmbedSettings`: this case's batch sizes, 2 decode threads."""
+        from clipsift.udfs.embed import EmbedSettings
 
         return EmbedSettings(
             image_batch_size=self.image_batch_size,
@@ -174,11 +174,11 @@ def img2dataset_jpeg(data: bytes, short_side: int = SHORT_SIDE, quality: int = J
 
     img2dataset's ``keep_ratio`` resize (cv2 ``INTER_AREA`` down, ``INTER_LANCZOS4`` up) is stood in
     for by Pillow's Lanczos filter; the alpha composite is img2dataset's own formula
-    (:func:`udfs.decode.decode_image`). Returns None for bytes that do not decode.
+    (:func:`clipsift.udfs.decode.decode_image`). Returns None for bytes that do not decode.
     """
     from PIL import Image
 
-    from udfs.decode import decode_image
+    from clipsift.udfs.decode import decode_image
 
     img, _status, _error = decode_image(data)
     if img is None:
@@ -360,7 +360,7 @@ def open_clip_model(case: ModelCase) -> tuple[Any, Any, Any]:
         path = folder / f"{case.name}.json"
         path.write_text(case.config_json)
         open_clip.add_model_config(path)
-    torch.manual_seed(SEED)  # as udfs.models does for random weights
+    torch.manual_seed(SEED)  # as clipsift.udfs.models does for random weights
     model, _, preprocess = open_clip.create_model_and_transforms(case.name, pretrained=None, device="cpu")
     return model.eval(), preprocess, open_clip.get_tokenizer(case.name)
 
@@ -402,8 +402,9 @@ def bare_loop(
 
 
 def pipeline(table: Any, encoder: Any, settings: Any) -> dict[str, Any]:
-    """:func:`udfs.embed.embed_batches` over ``table`` as Spark hands it in (Arrow batches of up to 10,000 rows)."""
-    from udfs.embed import EmbedStats, embed_batches
+    """:func:`clipsift.udfs.embed.embed_batches` over ``table`` as Spark hands it in (Arrow batches of up to
+    10,000 rows)."""
+    from clipsift.udfs.embed import EmbedStats, embed_batches
 
     stats = EmbedStats()
     region = _region_start()
@@ -452,7 +453,7 @@ def measure_in_process(folder: str, case: ModelCase, bare_first: bool) -> dict[s
     """
     import torch
 
-    from udfs.models import get_model
+    from clipsift.udfs.models import get_model
 
     torch.set_num_threads(2)
     table = read_samples(folder)
@@ -503,7 +504,7 @@ def measure_shard(folder: str, case: ModelCase, shard: int, shards: int, barrier
 
     One of ``shards`` fresh processes run side by side (Spark's ``local[2]`` layout without Spark).
     """
-    from udfs.models import get_model
+    from clipsift.udfs.models import get_model
 
     table = read_samples(folder)
     per = math.ceil(table.num_rows / shards)
@@ -550,8 +551,8 @@ def timed_embed_fn(spec: Any, settings: Any, log_path: str, label: str) -> Calla
     builds the model, and torch's setting is per process, so a worker that built the 2-thread model
     after the 1-thread one would otherwise run the cached 1-thread model with 2 threads.
     """
-    from udfs.embed import embed_fn
-    from udfs.models import get_model
+    from clipsift.udfs.embed import embed_fn
+    from clipsift.udfs.models import get_model
 
     inner = embed_fn(spec, settings)
 
@@ -606,7 +607,7 @@ def _read_conf(spark: Any, case: ModelCase) -> Iterator[None]:
     """Session confs for a UDF run, restored after it.
 
     Each Parquet file is read as exactly one partition (neither split nor packed with another), and
-    Arrow batches hold one image batch each, as ``jobs.embed`` sets them.
+    Arrow batches hold one image batch each, as ``clipsift.jobs.embed`` sets them.
     """
     conf = {
         "spark.sql.files.maxPartitionBytes": "1g",
@@ -628,7 +629,7 @@ def _read_conf(spark: Any, case: ModelCase) -> Iterator[None]:
 
 def _spark_run(spark: Any, case: ModelCase, folder: Path, spec: Any, log_path: Path, label: str) -> float:
     """One ``mapInArrow`` over the files in ``folder`` into the noop sink; wall seconds."""
-    from udfs.embed import output_ddl
+    from clipsift.udfs.embed import output_ddl
 
     with _read_conf(spark, case):
         df = spark.read.parquet(str(folder))
@@ -640,7 +641,7 @@ def _spark_run(spark: Any, case: ModelCase, folder: Path, spec: Any, log_path: P
 
 def spark_embeddings(spark: Any, case: ModelCase, folder: Path, spec: Any) -> dict[str, Any]:
     """Embeddings of the samples in ``folder`` through ``embed_fn`` in Spark, collected and sorted by uid."""
-    from udfs.embed import embed_fn, output_ddl
+    from clipsift.udfs.embed import embed_fn, output_ddl
 
     with _read_conf(spark, case):
         rows = (
@@ -978,12 +979,12 @@ def _strip_arrays(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_job(spark: Any, preset: str, workdir: Path) -> Report:
-    """The ``embed_job`` benchmark: ``jobs.embed.run`` on a 2-shard WebDataset of the tiny model's samples.
+    """The ``embed_job`` benchmark: ``clipsift.jobs.embed.run`` on a 2-shard WebDataset of the tiny model's samples.
 
     A first run on 8 samples warms the workers and Delta; the timed run writes a fresh table.
     """
-    from jobs import embed
-    from jobs.config import EmbedConfig, from_dict
+    from clipsift.jobs import embed
+    from clipsift.jobs.config import EmbedConfig, from_dict
 
     sizes = embed_sizes(preset)
     case = replace(next(c for c in sizes.models if c.label == "tiny"), samples=sizes.job_samples)

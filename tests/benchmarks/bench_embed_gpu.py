@@ -11,12 +11,12 @@ For each model, on the same samples (real pictures stored as img2dataset stores 
 :mod:`.bench_embed`; photo-like synthetic JPEGs where the Debian packages are missing), cycled
 to ``--samples``:
 
-* **decode included**: :func:`udfs.embed.embed_batches`, the Spark UDF's whole task, from JPEG
+* **decode included**: :func:`clipsift.udfs.embed.embed_batches`, the Spark UDF's whole task, from JPEG
   bytes: decode + resize on ``--decode-threads`` threads one batch ahead, then the model;
-* **decode alone**: the pipeline's decode stage (:func:`udfs.embed.prepare_batch`) on the same
+* **decode alone**: the pipeline's decode stage (:func:`clipsift.udfs.embed.prepare_batch`) on the same
   threads, nothing else running;
 * **decode excluded**: the pre-decoded batches through the pipeline's model stage
-  (:func:`udfs.embed.encode_prepared`: pinned host→device copy of uint8 pixels, normalisation on
+  (:func:`clipsift.udfs.embed.encode_prepared`: pinned host→device copy of uint8 pixels, normalisation on
   the device, tokenizer, both encoders, device→host copy, Arrow output);
 * **transfer alone**, **tokenizer alone**: the host→device copy of a batch's pixels, and the
   tokenizer, each timed by itself;
@@ -91,8 +91,8 @@ def measure_model(
     """Every figure of one model (see the module docstring); samples/s unless named otherwise."""
     import torch
 
-    from udfs.embed import EmbedSettings, EmbedStats, embed_batches, encode_prepared, prepare_batch, rebatch
-    from udfs.models import ModelSpec, get_model
+    from clipsift.udfs.embed import EmbedSettings, EmbedStats, embed_batches, encode_prepared, prepare_batch, rebatch
+    from clipsift.udfs.models import ModelSpec, get_model
 
     n = table.num_rows
     settings = EmbedSettings(
@@ -359,7 +359,7 @@ def _free(device: str) -> None:
 
     import torch
 
-    from udfs import models
+    from clipsift.udfs import models
 
     models._CACHE.clear()
     gc.collect()

@@ -3,8 +3,8 @@
 * Plain matmul: numpy float32 ``(block_rows × d) @ (d × B)``, the kernel's own similarity-block
   product, with both cores (the BLAS's threads), a fresh output each time as in the kernel; also
   into a preallocated output, to show what allocating the block costs.
-* Kernel alone: :func:`udfs.kernels.negclip_loss` on every shard of the pool, rows in uid order and
-  the seeded plan of :func:`udfs.kernels.batch_plan`, exactly as the job's group function feeds it.
+* Kernel alone: :func:`clipsift.udfs.kernels.negclip_loss` on every shard of the pool, rows in uid order and
+  the seeded plan of :func:`clipsift.udfs.kernels.batch_plan`, exactly as the job's group function feeds it.
   Run in a fresh process (its peak RSS is the kernel's), both cores; and as two single-threaded
   processes side by side, one shard each: the layout of the Spark job's two ``local[2]`` tasks.
 
@@ -43,7 +43,7 @@ SEED = 0
 MATMUL = "plain matmul, numpy float32, 2 threads"
 MATMUL_PREALLOC = "plain matmul into preallocated output"
 KERNEL = "kernel alone, 1 process, 2 threads"
-GROUP_FN = "job's group function on one shard (udfs.score.negclip_group_fn)"
+GROUP_FN = "job's group function on one shard (clipsift.udfs.score.negclip_group_fn)"
 
 
 def _unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -81,7 +81,7 @@ def load_shards(pool_dir: str | Path, dim: int) -> list[tuple[list[str], np.ndar
     """Each shard's ``(uids, img, txt)`` as the job hands them to the kernel: L2-normalised, in uid order."""
     import pyarrow.parquet as pq
 
-    from udfs.kernels import l2_normalize
+    from clipsift.udfs.kernels import l2_normalize
 
     out = []
     for parquet in sorted(Path(pool_dir).glob("*.parquet")):
@@ -100,7 +100,7 @@ def kernel_run(pool_dir: str, sizes: Sizes, shards: list[int] | None = None) -> 
     Returns seconds, wall-clock start/end, FLOPs, batch sizes, the RSS before the kernel and its
     peak during it, the BLAS seen, and the scores by uid (for the cross-check with Spark).
     """
-    from udfs.kernels import batch_plan, negclip_loss
+    from clipsift.udfs.kernels import batch_plan, negclip_loss
 
     data = load_shards(pool_dir, sizes.dim)
     picked = [data[i] for i in (shards if shards is not None else range(len(data)))]
@@ -132,7 +132,7 @@ def kernel_run(pool_dir: str, sizes: Sizes, shards: list[int] | None = None) -> 
 
 
 def group_fn_run(pool_dir: str, sizes: Sizes, rows_per_batch: int = 10_000) -> dict[str, Any]:
-    """The job's grouped-map function (:func:`udfs.score.negclip_group_fn`) on shard 0, as Spark hands it over.
+    """The job's grouped-map function (:func:`clipsift.udfs.score.negclip_group_fn`) on shard 0, as Spark hands it over.
 
     The shard arrives as an Arrow table of ``rows_per_batch``-row record batches (Spark's default
     ``arrow.maxRecordsPerBatch``) in file order; returns seconds and the peak RSS increase of the call
@@ -141,8 +141,8 @@ def group_fn_run(pool_dir: str, sizes: Sizes, rows_per_batch: int = 10_000) -> d
     """
     import pyarrow as pa
 
-    from udfs.arrow import from_matrix
-    from udfs.score import NegClipSettings, negclip_group_fn
+    from clipsift.udfs.arrow import from_matrix
+    from clipsift.udfs.score import NegClipSettings, negclip_group_fn
 
     uids, img, txt = load_shards(pool_dir, sizes.dim)[0]
     n = len(uids)

@@ -35,9 +35,9 @@ def write_target(path: str | Path, sizes: Sizes) -> Path:
 
 def run(sizes: Sizes) -> Report:
     """NormSim∞ and NormSim₂ kernels; the plain matmul at NormSim∞'s block shapes."""
-    from udfs.kernels import normsim2_from_moment, normsim_inf, second_moment
+    from clipsift.udfs.kernels import normsim2_from_moment, normsim_inf, second_moment
 
-    module = importlib.import_module("udfs.kernels.normsim")  # the package re-exports a function of that name
+    module = importlib.import_module("clipsift.udfs.kernels.normsim")  # the package re-exports a function of that name
     pool_block = int(getattr(module, "_POOL_BLOCK", 4096))  # the kernel's pool rows per block
 
     rep = Report()

@@ -1,16 +1,16 @@
 """negCLIPLoss and NormSim through Spark (``local[2]``), on the same pool as the kernel benchmarks.
 
-* The whole score job, :func:`jobs.score.run`, on a synthetic DataComp pool (``jobs.synth``), no
+* The whole score job, :func:`clipsift.jobs.score.run`, on a synthetic DataComp pool (``clipsift.jobs.synth``), no
   NormSim targets, once with negCLIPLoss and once without: the difference is the negCLIPLoss part
   of the job (an estimate: the two runs share their read, checks and Delta write).
-* The negCLIPLoss stage alone: :func:`jobs.transforms.with_negclip` on the pool's ``ok`` rows,
+* The negCLIPLoss stage alone: :func:`clipsift.jobs.transforms.with_negclip` on the pool's ``ok`` rows,
   persisted first, written to Spark's ``noop`` sink, in both of the job's layouts: each shard scored
   in the task that read it (DataComp input, ``grouping: shard``) and the groups shuffled into a task
   each (table input, ``grouping: pool``); and the shuffle and Arrow hand-off with
   a group function that returns at once (what Spark costs without the kernel), which also tells
   which task and Python worker got each group.
 * Peak RSS of every Python worker (and of the JVM) during each of these, from ``/proc``.
-* NormSim∞ and NormSim₂ through the job's UDF (:func:`udfs.score.normsim_udf`), the target staged
+* NormSim∞ and NormSim₂ through the job's UDF (:func:`clipsift.udfs.score.normsim_udf`), the target staged
   as ``.npy`` and memory-mapped by each worker as in the job.
 
 Functions defined inside functions here are shipped to the Python workers by value; they must not
@@ -62,13 +62,13 @@ def spark_conf(workdir: Path) -> dict[str, str]:
 
 
 def build_session(workdir: Path) -> Any:
-    """A local Spark session with Delta (``jobs.session.get_spark``), workers on this interpreter."""
+    """A local Spark session with Delta (``clipsift.jobs.session.get_spark``), workers on this interpreter."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     jars = repo_root() / ".jars"
     if jars.is_dir():
         os.environ.setdefault("CLIPSIFT_JARS", str(jars))
-    from jobs.session import get_spark
+    from clipsift.jobs.session import get_spark
 
     spark = get_spark("clipsift-bench", spark_conf(workdir))
     spark.sparkContext.setLogLevel("ERROR")
@@ -76,8 +76,8 @@ def build_session(workdir: Path) -> Any:
 
 
 def write_pool(out_dir: Path, sizes: Sizes) -> Path:
-    """A synthetic DataComp pool (``jobs.synth``): ``sizes.shards`` shards, b32 arrays of dimension d."""
-    from jobs.synth import SynthSpec, generate_pool
+    """A synthetic DataComp pool (``clipsift.jobs.synth``): ``sizes.shards`` shards, b32 arrays of dimension d."""
+    from clipsift.jobs.synth import SynthSpec, generate_pool
 
     spec = SynthSpec(n_rows=sizes.pool_rows, n_shards=sizes.shards, dim=sizes.dim, seed=SEED)
     generate_pool(out_dir, spec)
@@ -86,7 +86,7 @@ def write_pool(out_dir: Path, sizes: Sizes) -> Path:
 
 def score_config(pool_dir: Path, table: Path, sizes: Sizes, *, negclip: bool) -> Any:
     """The score job's config: the pool's b32 arrays (d = ``sizes.dim``), shard batches, no NormSim."""
-    from jobs.config import ScoreConfig, from_dict
+    from clipsift.jobs.config import ScoreConfig, from_dict
 
     return from_dict(
         ScoreConfig,
@@ -160,7 +160,7 @@ def negclip_job(
     """The whole score job with and without negCLIPLoss; returns the report and the job's scores by uid."""
     from pyspark.sql import functions as F
 
-    from jobs import score
+    from clipsift.jobs import score
 
     rep = Report()
     times: dict[str, float] = {}
@@ -222,9 +222,9 @@ def negclip_stage(
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from jobs import io
-    from jobs.schemas import STATUS
-    from jobs.transforms import negclip_groups, with_negclip, with_status
+    from clipsift.jobs import io
+    from clipsift.jobs.schemas import STATUS
+    from clipsift.jobs.transforms import negclip_groups, with_negclip, with_status
 
     rep = Report()
     cfg = score_config(pool_dir, workdir / "unused", sizes, negclip=True)
@@ -239,7 +239,7 @@ def negclip_stage(
     n_ok = ok.count()
     n_groups = max(1, math.ceil(n_ok / cfg.negclip.group_rows))
 
-    from jobs.score import one_partition_keys
+    from clipsift.jobs.score import one_partition_keys
 
     groups = sorted(r["source"] for r in ok.select("source").distinct().collect())
     layouts = (
@@ -327,10 +327,10 @@ def normsim_udfs(spark: Any, pool_dir: Path, target_path: Path, sizes: Sizes, mo
     """NormSim∞ (staged, memory-mapped target) and NormSim₂ through the job's UDF, noop sink."""
     from pyspark import StorageLevel
 
-    from jobs import io
-    from jobs.config import InputConfig
-    from udfs.kernels import second_moment
-    from udfs.score import TargetHandle, normsim_udf
+    from clipsift.jobs import io
+    from clipsift.jobs.config import InputConfig
+    from clipsift.udfs.kernels import second_moment
+    from clipsift.udfs.score import TargetHandle, normsim_udf
 
     rep = Report()
     target = np.load(target_path, mmap_mode="r")
@@ -368,7 +368,7 @@ def normsim_udfs(spark: Any, pool_dir: Path, target_path: Path, sizes: Sizes, mo
 
 def warm_up(spark: Any, workdir: Path, sizes: Sizes) -> float:
     """One tiny score run (JIT, Delta, Python workers), so that the measured runs start warm."""
-    from jobs import score
+    from clipsift.jobs import score
 
     tiny = Sizes(**{**sizes.__dict__, "name": "warm-up", "rows_per_shard": 512, "batch_size": 256, "block_rows": None})
     pool = write_pool(workdir / "warmup_pool", tiny)

@@ -65,7 +65,7 @@ class Sizes:
 
     def kernel_block_rows(self) -> int:
         """Rows of the similarity block the kernel actually uses for a full batch of B rows."""
-        from udfs.kernels.negclip import BLOCK_ELEMENTS
+        from clipsift.udfs.kernels.negclip import BLOCK_ELEMENTS
 
         b = self.batch_size
         return self.block_rows or max(1, min(b, BLOCK_ELEMENTS // b))

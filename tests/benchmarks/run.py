@@ -17,7 +17,7 @@ Benchmarks (``--only`` names):
                   random weights): a bare open_clip loop; embed_batches (the UDF's inner function) in
                   1 process × 2 threads and 2 processes × 1 thread; the Spark UDF (mapInArrow into a
                   noop sink) as 2 tasks × 1 thread and 1 task × 2 threads; the time split
-  embed_job       the whole embed job (jobs.embed.run: WebDataset in, Delta out), tiny model
+  embed_job       the whole embed job (clipsift.jobs.embed.run: WebDataset in, Delta out), tiny model
   dedup_kernels   k-means assignment (nearest centroid) and semantic dedup against pool / cluster size,
                   rows/s and the fitted growth exponent of each
   adapter_stream  clipselect's adapter-training batches streamed to the driver: Row objects against packed

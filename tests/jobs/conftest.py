@@ -14,10 +14,10 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from jobs.config import ScoreConfig, from_dict
-from jobs.score import ScoreResult, run
-from jobs.synth import SynthSpec, generate_pool, generate_target
-from udfs.kernels import l2_normalize
+from clipsift.jobs.config import ScoreConfig, from_dict
+from clipsift.jobs.score import ScoreResult, run
+from clipsift.jobs.synth import SynthSpec, generate_pool, generate_target
+from clipsift.udfs.kernels import l2_normalize
 
 SPEC = SynthSpec(n_rows=800, n_shards=2, dim=32, n_concepts=8, seed=3)
 NEGCLIP = {"rounds": 2, "batch_size": 64, "seed": 5, "tau": 0.01}

@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
 
-from jobs.config import ScoreConfig, SelectConfig, from_dict
-from jobs.score import run as score_run
-from jobs.select import run as select_run
+from clipsift.jobs.config import ScoreConfig, SelectConfig, from_dict
+from clipsift.jobs.score import run as score_run
+from clipsift.jobs.select import run as select_run
+from clipsift.udfs.kernels import basic_filter
+from clipsift.udfs.langid import detect_languages
 from tests.support.corpus import tuxpaint_translations
-from udfs.kernels import basic_filter
-from udfs.langid import detect_languages
 
 pytestmark = pytest.mark.spark
 
@@ -196,8 +196,8 @@ def test_kmeans_init_modes_fit_centroids_near_the_planted_clusters(
     spark: SparkSession, pool: dict[str, Any], init: str
 ) -> None:
     """Both initialisations fit ``k`` unit-scale centroids; every planted cluster's mean has a centroid near it."""
-    from jobs.baselines import fit_kmeans
-    from jobs.config import KMeansConfig
+    from clipsift.jobs.baselines import fit_kmeans
+    from clipsift.jobs.config import KMeansConfig
 
     img = pool["img"]
     df = spark.createDataFrame([(v.tolist(),) for v in img], "image_emb array<float>")

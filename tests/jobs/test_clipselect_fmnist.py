@@ -17,6 +17,14 @@ import numpy as np
 import pytest
 import torch
 
+from clipsift.udfs.adapters import AdapterPair, apply_image, apply_text, train_adapters
+from clipsift.udfs.kernels.clipselect import (
+    diversity_within_label,
+    minmax,
+    select_top_k,
+    selection_scores,
+    semantic_alignment,
+)
 from tests.support.tiny_clip import (
     FASHION_CLASSES,
     encode_images,
@@ -25,8 +33,6 @@ from tests.support.tiny_clip import (
     preprocess_images,
     trained_tiny_clip,
 )
-from udfs.adapters import AdapterPair, apply_image, apply_text, train_adapters
-from udfs.kernels.clipselect import diversity_within_label, minmax, select_top_k, selection_scores, semantic_alignment
 
 N_POOL, N_TEST, NOISE, SEED = 6_000, 2_000, 0.2, 0
 PROMPT = "a photo of a {}"

@@ -15,10 +15,20 @@ import pytest
 import torch
 from pyspark.sql import SparkSession
 
-from jobs import score, select
-from jobs.clipselect import class_prompts, run
-from jobs.config import ClipSelectConfig, ScoreConfig, SelectConfig, from_dict
-from jobs.embed import model_spec
+from clipsift.jobs import score, select
+from clipsift.jobs.clipselect import class_prompts, run
+from clipsift.jobs.config import ClipSelectConfig, ScoreConfig, SelectConfig, from_dict
+from clipsift.jobs.embed import model_spec
+from clipsift.udfs.adapters import apply_image, apply_text, load_adapters
+from clipsift.udfs.kernels import l2_normalize
+from clipsift.udfs.kernels.clipselect import (
+    diversity_within_label,
+    minmax,
+    select_top_k,
+    selection_scores,
+    semantic_alignment,
+)
+from clipsift.udfs.models import get_model
 from tests.support.tiny_clip import (
     FASHION_CLASSES,
     encode_images,
@@ -26,16 +36,6 @@ from tests.support.tiny_clip import (
     preprocess_images,
     trained_tiny_clip,
 )
-from udfs.adapters import apply_image, apply_text, load_adapters
-from udfs.kernels import l2_normalize
-from udfs.kernels.clipselect import (
-    diversity_within_label,
-    minmax,
-    select_top_k,
-    selection_scores,
-    semantic_alignment,
-)
-from udfs.models import get_model
 
 N_POOL, NOISE, SEED, K, LAM = 2_000, 0.2, 0, 50, 0.1
 N_LABEL_FREE = 300

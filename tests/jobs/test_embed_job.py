@@ -1,4 +1,4 @@
-"""Jobs-tier tests of ``jobs.embed.run``: real images and captions through a real (tiny) open_clip model
+"""Jobs-tier tests of ``clipsift.jobs.embed.run``: real images and captions through a real (tiny) open_clip model
 into Delta; every input row accounted for; reruns resume; a crash loses no committed work; the score
 job reads the output as it is."""
 
@@ -19,13 +19,13 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from jobs import embed as embed_job
-from jobs import io
-from jobs.config import EmbedConfig, ScoreConfig, TableRef, from_dict
-from jobs.score import run as score_run
+from clipsift.jobs import embed as embed_job
+from clipsift.jobs import io
+from clipsift.jobs.config import EmbedConfig, ScoreConfig, TableRef, from_dict
+from clipsift.jobs.score import run as score_run
+from clipsift.udfs.arrow import half_to_lists
 from tests.support.corpus import broken_image_corpus, skimage_photos, tuxpaint_stamps
 from tests.support.models import TINY_NAME, write_tiny_config
-from udfs.arrow import half_to_lists
 
 pytestmark = pytest.mark.spark
 
@@ -307,7 +307,7 @@ def test_score_job_reads_the_embedding_table(spark: SparkSession, inputs: dict, 
 
 def test_score_job_asks_which_model(spark: SparkSession, inputs: dict, first_run: dict) -> None:
     """A table holding two models' rows needs input.model: one clear error naming the key."""
-    from jobs.config import ConfigError
+    from clipsift.jobs.config import ConfigError
 
     two = inputs["root"] / "two-models"
     df = spark.read.format("delta").load(str(first_run["output"]))

@@ -14,11 +14,11 @@ import pytest
 import torch
 from pyspark.sql import SparkSession
 
-from jobs import embed as embed_job
-from jobs.config import EmbedConfig, ScoreConfig, from_dict
-from jobs.score import run as score_run
+from clipsift.jobs import embed as embed_job
+from clipsift.jobs.config import EmbedConfig, ScoreConfig, from_dict
+from clipsift.jobs.score import run as score_run
+from clipsift.udfs.models import file_sha256
 from tests.support.tiny_clip import FASHION_CLASSES, load_fashion_mnist, png_bytes, trained_tiny_clip
-from udfs.models import file_sha256
 
 pytestmark = pytest.mark.spark
 

@@ -1,4 +1,4 @@
-"""Jobs-tier tests of ``jobs.score.run``: scores equal the kernels, reruns are deterministic and
+"""Jobs-tier tests of ``clipsift.jobs.score.run``: scores equal the kernels, reruns are deterministic and
 idempotent, and bad input comes out row for row with a status."""
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from jobs import io
-from jobs.config import ScoreConfig, TableRef, from_dict
-from jobs.schemas import STATUS
-from jobs.score import NORMSIM2D_COLUMN, run
-from udfs.kernels import batch_plan, clip_score, l2_normalize, negclip_loss, normsim, normsim2_dynamic
+from clipsift.jobs import io
+from clipsift.jobs.config import ScoreConfig, TableRef, from_dict
+from clipsift.jobs.schemas import STATUS
+from clipsift.jobs.score import NORMSIM2D_COLUMN, run
+from clipsift.udfs.kernels import batch_plan, clip_score, l2_normalize, negclip_loss, normsim, normsim2_dynamic
 
 pytestmark = pytest.mark.spark
 

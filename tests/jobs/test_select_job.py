@@ -1,4 +1,4 @@
-"""Jobs-tier tests of ``jobs.select.run``: each selection's SQL view against a pandas computation on the
+"""Jobs-tier tests of ``clipsift.jobs.select.run``: each selection's SQL view against a pandas computation on the
 (small) collected score table, plus the selections table, materialisations and DataComp subset files."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from pyspark.sql import SparkSession
 
-from jobs.config import ConfigError, SelectConfig, from_dict
-from jobs.schemas import STATUS
-from jobs.select import run
+from clipsift.jobs.config import ConfigError, SelectConfig, from_dict
+from clipsift.jobs.schemas import STATUS
+from clipsift.jobs.select import run
 
 pytestmark = pytest.mark.spark
 

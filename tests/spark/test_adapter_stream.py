@@ -1,4 +1,4 @@
-"""The adapters' training batches, streamed to the driver in packed chunks (jobs.clipselect.epoch_batches)."""
+"""The adapters' training batches, streamed to the driver in packed chunks (clipsift.jobs.clipselect.epoch_batches)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from jobs.clipselect import epoch_batches
-from udfs.clipselect import pack_rows_fn, unpack_rows
+from clipsift.jobs.clipselect import epoch_batches
+from clipsift.udfs.clipselect import pack_rows_fn, unpack_rows
 
 pytestmark = pytest.mark.spark
 
@@ -18,7 +18,7 @@ DIM = 4
 def test_pack_unpack_round_trip() -> None:
     import pyarrow as pa
 
-    from udfs.arrow import from_matrix
+    from clipsift.udfs.arrow import from_matrix
 
     img = np.arange(10 * DIM, dtype=np.float32).reshape(10, DIM)
     batch = pa.RecordBatch.from_arrays([from_matrix(img), pa.array(np.arange(10), pa.int64())], ["image_emb", "label"])

@@ -1,4 +1,4 @@
-"""Spark-tier tests for jobs.cutoffs: exact top-n cut-offs with ties, as a Column and as SQL text."""
+"""Spark-tier tests for clipsift.jobs.cutoffs: exact top-n cut-offs with ties, as a Column and as SQL text."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
-from jobs.cutoffs import Cutoff, keep_condition, keep_sql, sql_double, top_n_cutoff
+from clipsift.jobs.cutoffs import Cutoff, keep_condition, keep_sql, sql_double, top_n_cutoff
 
 pytestmark = pytest.mark.spark
 

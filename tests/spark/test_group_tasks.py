@@ -1,13 +1,13 @@
-"""negCLIPLoss groups get a task each (jobs.score.one_partition_keys + transforms.with_negclip)."""
+"""negCLIPLoss groups get a task each (clipsift.jobs.score.one_partition_keys + transforms.with_negclip)."""
 
 from __future__ import annotations
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from jobs.config import NegClipConfig
-from jobs.score import one_partition_keys
-from jobs.transforms import with_negclip
+from clipsift.jobs.config import NegClipConfig
+from clipsift.jobs.score import one_partition_keys
+from clipsift.jobs.transforms import with_negclip
 
 
 def test_every_group_has_a_partition_of_its_own(spark: SparkSession) -> None:

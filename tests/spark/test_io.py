@@ -1,4 +1,4 @@
-"""Spark-tier tests for jobs.io: DataComp shard reader, table reader, targets, Delta writes, subset files."""
+"""Spark-tier tests for clipsift.jobs.io: DataComp shard reader, table reader, targets, Delta writes, subset files."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from jobs import io
-from jobs.config import InputConfig, TableRef
-from jobs.schemas import POOL_DDL, STATUS
-from udfs.ingest import METADATA_COLUMNS
+from clipsift.jobs import io
+from clipsift.jobs.config import InputConfig, TableRef
+from clipsift.jobs.schemas import POOL_DDL, STATUS
+from clipsift.udfs.ingest import METADATA_COLUMNS
 
 pytestmark = pytest.mark.spark
 
@@ -302,14 +302,14 @@ def test_run_record_time_is_the_instant_whatever_the_driver_time_zone(
 
 
 def test_task_slots_follow_the_session(spark: SparkSession) -> None:
-    from jobs.embed import task_slots
+    from clipsift.jobs.embed import task_slots
 
     assert task_slots(spark, floor=1) == spark.sparkContext.defaultParallelism
     assert task_slots(spark) == max(8, spark.sparkContext.defaultParallelism)
 
 
 def test_uid_bounds_cut_the_rows_into_even_ranges(spark: SparkSession) -> None:
-    from jobs.embed import uid_bounds
+    from clipsift.jobs.embed import uid_bounds
 
     todo = spark.range(10_000).select(F.sha1(F.col("id").cast("string")).alias("uid"))
     bounds = uid_bounds(todo, 8, 10_000)

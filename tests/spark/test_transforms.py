@@ -1,4 +1,4 @@
-"""Spark-tier tests for jobs.transforms on frames of a handful of rows."""
+"""Spark-tier tests for clipsift.jobs.transforms on frames of a handful of rows."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
-from jobs.config import NegClipConfig
-from jobs.schemas import POOL_DDL, STATUS
-from jobs.transforms import (
+from clipsift.jobs.config import NegClipConfig
+from clipsift.jobs.schemas import POOL_DDL, STATUS
+from clipsift.jobs.transforms import (
     normsim_column,
     with_clip_score,
     with_lineage,
@@ -20,9 +20,9 @@ from jobs.transforms import (
     with_normsim,
     with_status,
 )
-from udfs.ingest import METADATA_COLUMNS
-from udfs.kernels import batch_plan, negclip_loss, normsim, second_moment
-from udfs.score import TargetHandle
+from clipsift.udfs.ingest import METADATA_COLUMNS
+from clipsift.udfs.kernels import batch_plan, negclip_loss, normsim, second_moment
+from clipsift.udfs.score import TargetHandle
 
 pytestmark = pytest.mark.spark
 

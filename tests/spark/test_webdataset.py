@@ -1,4 +1,4 @@
-"""Spark-tier tests for the embed job's readers in jobs.io: WebDataset tar shards, pairs tables, read_bytes.
+"""Spark-tier tests for the embed job's readers in clipsift.jobs.io: WebDataset tar shards, pairs tables, read_bytes.
 
 Shards are written here with :mod:`tarfile` in img2dataset's layout (``000000000.jpg``, ``.txt``, ``.json``
 holding ``{"uid": ...}``), with real tuxpaint PNG bytes.
@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
 
-from jobs import io
-from jobs.config import EmbedInputConfig
-from jobs.schemas import STATUS
+from clipsift.jobs import io
+from clipsift.jobs.config import EmbedInputConfig
+from clipsift.jobs.schemas import STATUS
 from tests.support.corpus import tuxpaint_stamps
 
 pytestmark = pytest.mark.spark

@@ -1,7 +1,7 @@
 """Test data for image and caption decoding, built in code or read from Debian packages.
 
 - :func:`broken_image_corpus`: broken and valid-but-odd image bytes with the status
-  :func:`udfs.decode.decode_image` must give them, generated with Pillow and numpy.
+  :func:`clipsift.udfs.decode.decode_image` must give them, generated with Pillow and numpy.
 - :func:`tuxpaint_stamps`, :func:`tuxpaint_translations`: real (image, caption) pairs from
   ``tuxpaint-stamps-default`` (about 800 PNG stamps, captions in ~70 languages).
 - :func:`skimage_photos`: the sample photos of ``python3-skimage``.
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, features
 
-from udfs.decode import (
+from clipsift.udfs.decode import (
     IMAGE_CORRUPT,
     IMAGE_EMPTY,
     IMAGE_NOT_AN_IMAGE,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from udfs.models import ModelSpec
+from clipsift.udfs.models import ModelSpec
 
 TINY_NAME = "clipsift-tiny-random"
 

@@ -1,5 +1,5 @@
-"""udfs.adapters: identity start, the class-level InfoNCE against a loop formula, training on separable synthetic
-data, streaming from iterators, and the save/load round trip."""
+"""clipsift.udfs.adapters: identity start, the class-level InfoNCE against a loop formula, training on separable
+synthetic data, streaming from iterators, and the save/load round trip."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from udfs.adapters import (
+from clipsift.udfs.adapters import (
     AdapterPair,
     adapter_loss,
     apply_image,

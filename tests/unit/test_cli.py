@@ -19,7 +19,7 @@ BLOCKED = textwrap.dedent(
                 raise ImportError(f"No module named '{name}'", name=name)
             return None
     sys.meta_path.insert(0, Block())
-    from jobs.cli import main
+    from clipsift.jobs.cli import main
     code = main(sys.argv[1:])
     print("torch imported:", "torch" in sys.modules)
     sys.exit(code)

@@ -1,4 +1,4 @@
-"""Unit tests for ``udfs.kernels.clipselect`` (no Spark): SAS, SDS, min-max and the STE optimiser.
+"""Unit tests for ``clipsift.udfs.kernels.clipselect`` (no Spark): SAS, SDS, min-max and the STE optimiser.
 
 SAS and SDS are checked against float64 brute forces written here from ALGORITHMS.md §4.2 (dense
 per-label distance matrices, sorted rows, the first neighbour dropped as scikit-learn's
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from udfs.kernels import (
+from clipsift.udfs.kernels import (
     diversity_of_group,
     diversity_within_label,
     minmax,

@@ -1,4 +1,4 @@
-"""Unit tests for jobs.config: YAML + ``--set`` loading, strict keys, types, ranges and rules (no Spark).
+"""Unit tests for clipsift.jobs.config: YAML + ``--set`` loading, strict keys, types, ranges and rules (no Spark).
 
 Also checks that the jobs' ``main`` turns a bad config into exit status 2 and one line on stderr
 without ever asking for a SparkSession.
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.config import ClipSelectConfig, ConfigError, EmbedConfig, ScoreConfig, SelectConfig, from_dict, load
+from clipsift.jobs.config import ClipSelectConfig, ConfigError, EmbedConfig, ScoreConfig, SelectConfig, from_dict, load
 
 SCORE_YAML: dict[str, Any] = {
     "input": {"kind": "datacomp", "path": "/data/pool", "arch": "b32"},
@@ -469,28 +469,28 @@ def _one_line(err: str) -> str:
 def test_score_main_bad_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import jobs.score
+    import clipsift.jobs.score
 
-    monkeypatch.setattr(jobs.score, "get_spark", _no_spark)
+    monkeypatch.setattr(clipsift.jobs.score, "get_spark", _no_spark)
     path = _write(tmp_path, SCORE_YAML)
-    assert jobs.score.main(["--config", str(path), "--set", "negclip.roundz=3"]) == 2
+    assert clipsift.jobs.score.main(["--config", str(path), "--set", "negclip.roundz=3"]) == 2
     captured = capsys.readouterr()
     line = _one_line(captured.err)
     assert line.startswith("clipsift score: ")
     assert "'negclip.roundz'" in line
     assert captured.out == ""
 
-    assert jobs.score.main(["--config", str(path), "--set", "negclip.tau=-1"]) == 2
+    assert clipsift.jobs.score.main(["--config", str(path), "--set", "negclip.tau=-1"]) == 2
     assert "'negclip.tau'" in _one_line(capsys.readouterr().err)
 
 
 def test_score_main_missing_config_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import jobs.score
+    import clipsift.jobs.score
 
-    monkeypatch.setattr(jobs.score, "get_spark", _no_spark)
-    assert jobs.score.main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    monkeypatch.setattr(clipsift.jobs.score, "get_spark", _no_spark)
+    assert clipsift.jobs.score.main(["--config", str(tmp_path / "missing.yaml")]) == 2
     line = _one_line(capsys.readouterr().err)
     assert "missing.yaml" in line and "--config" in line
 
@@ -498,22 +498,22 @@ def test_score_main_missing_config_file(
 def test_select_main_bad_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import jobs.select
+    import clipsift.jobs.select
 
-    monkeypatch.setattr(jobs.select, "get_spark", _no_spark)
+    monkeypatch.setattr(clipsift.jobs.select, "get_spark", _no_spark)
     data = _select(
         {"name": "top", "rule": "top_fraction", "column": "c", "fraction": 0.3},
         {"name": "top", "rule": "threshold", "column": "c", "min": 0.1},
     )
-    assert jobs.select.main(["--config", str(_write(tmp_path, data))]) == 2
+    assert clipsift.jobs.select.main(["--config", str(_write(tmp_path, data))]) == 2
     line = _one_line(capsys.readouterr().err)
     assert line.startswith("clipsift select: ")
     assert "'selections[1].name'" in line
 
-    assert jobs.select.main(["--config", str(_write(tmp_path, SELECT_YAML)), "--set", "selections=[]"]) == 2
+    assert clipsift.jobs.select.main(["--config", str(_write(tmp_path, SELECT_YAML)), "--set", "selections=[]"]) == 2
     assert "'selections'" in _one_line(capsys.readouterr().err)
 
-    assert jobs.select.main(["--config", str(tmp_path / "none.yaml")]) == 2
+    assert clipsift.jobs.select.main(["--config", str(tmp_path / "none.yaml")]) == 2
     assert "none.yaml" in _one_line(capsys.readouterr().err)
 
 
@@ -624,8 +624,8 @@ def test_examples_load(name: str, cls: type) -> None:
 
 
 def test_kmeans_init() -> None:
-    from jobs.baselines import kmeans_init_mode
-    from jobs.config import KMEANS_PARALLEL_MAX_K, KMeansConfig
+    from clipsift.jobs.baselines import kmeans_init_mode
+    from clipsift.jobs.config import KMEANS_PARALLEL_MAX_K, KMeansConfig
 
     auto = KMeansConfig()
     assert kmeans_init_mode(auto, 100) == "k-means||"

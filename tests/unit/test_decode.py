@@ -1,4 +1,4 @@
-"""Unit tests for ``udfs.decode``: image and caption decoding, and the open_clip-exact resize (no Spark).
+"""Unit tests for ``clipsift.udfs.decode``: image and caption decoding, and the open_clip-exact resize (no Spark).
 
 Image bytes come from ``tests.support.corpus`` (generated broken and odd files, tuxpaint stamps,
 skimage photos). ``prepare_image`` is compared bit for bit with open_clip's own inference transform
@@ -23,19 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile, ImageOps
 
-import udfs.decode as decode_mod
-from tests.support.corpus import (
-    EXIF_STORED_SIZE,
-    FRAME0_RGB,
-    bomb_png,
-    broken_image_corpus,
-    gradient16,
-    rgba_half_transparent,
-    skimage_photos,
-    tuxpaint_stamps,
-    tuxpaint_translations,
-)
-from udfs.decode import (
+import clipsift.udfs.decode as decode_mod
+from clipsift.udfs.decode import (
     IMAGE_CORRUPT,
     IMAGE_OK,
     IMAGE_STATUSES,
@@ -49,6 +38,17 @@ from udfs.decode import (
     decode_caption,
     decode_image,
     prepare_image,
+)
+from tests.support.corpus import (
+    EXIF_STORED_SIZE,
+    FRAME0_RGB,
+    bomb_png,
+    broken_image_corpus,
+    gradient16,
+    rgba_half_transparent,
+    skimage_photos,
+    tuxpaint_stamps,
+    tuxpaint_translations,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -81,7 +81,10 @@ def _noise(width: int, height: int, seed: int = 0) -> Image.Image:
 
 def test_decode_module_imports_neither_spark_nor_torch() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    code = "import sys, udfs.decode; print([m for m in ('pyspark', 'torch', 'torchvision') if m in sys.modules])"
+    code = (
+        "import sys, clipsift.udfs.decode; "
+        "print([m for m in ('pyspark', 'torch', 'torchvision') if m in sys.modules])"
+    )
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
     )

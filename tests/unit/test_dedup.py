@@ -1,4 +1,4 @@
-"""Unit tests for ``udfs.kernels.dedup`` (no Spark): nearest centroid and SemDeDup-style groups.
+"""Unit tests for ``clipsift.udfs.kernels.dedup`` (no Spark): nearest centroid and SemDeDup-style groups.
 
 Both kernels are checked against float64 brute forces written here (dense similarity matrix,
 breadth-first components), on random data with planted near-duplicates and exact copies.
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from udfs.kernels import dedup, nearest_centroid, semantic_duplicates
+from clipsift.udfs.kernels import dedup, nearest_centroid, semantic_duplicates
 
 F64 = NDArray[np.float64]
 F32 = NDArray[np.float32]

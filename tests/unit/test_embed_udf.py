@@ -1,7 +1,8 @@
-"""Unit tests for ``udfs.embed``: the embedding UDF body on plain Arrow batches, with the tiny real model (no Spark).
+"""Unit tests for ``clipsift.udfs.embed``: the embedding UDF body on plain Arrow batches, with the tiny real model
+(no Spark).
 
-Rows go through :func:`udfs.embed.embed_batches` as ``mapInArrow`` would feed them: ``uid`` (string), ``caption``
-(binary), ``image`` (binary) or ``image_path`` (string), plus extra columns that must come out unchanged.
+Rows go through :func:`clipsift.udfs.embed.embed_batches` as ``mapInArrow`` would feed them: ``uid`` (string),
+``caption`` (binary), ``image`` (binary) or ``image_path`` (string), plus extra columns that must come out unchanged.
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from tests.support.corpus import broken_image_corpus, tuxpaint_stamps
-from tests.support.models import tiny_spec
-from udfs.arrow import half_to_lists, to_matrix
-from udfs.decode import IMAGE_NULL, IMAGE_OK, TEXT_EMPTY, TEXT_INVALID_UTF8, TEXT_NULL, TEXT_OK
-from udfs.embed import (
+from clipsift.udfs.arrow import half_to_lists, to_matrix
+from clipsift.udfs.decode import IMAGE_NULL, IMAGE_OK, TEXT_EMPTY, TEXT_INVALID_UTF8, TEXT_NULL, TEXT_OK
+from clipsift.udfs.embed import (
     ENCODE_FAILED,
     EXTREME_ASPECT,
     OK,
@@ -31,7 +30,9 @@ from udfs.embed import (
     output_ddl,
     output_schema,
 )
-from udfs.models import ClipEncoder, ModelIdentity, ModelSpec, get_model
+from clipsift.udfs.models import ClipEncoder, ModelIdentity, ModelSpec, get_model
+from tests.support.corpus import broken_image_corpus, tuxpaint_stamps
+from tests.support.models import tiny_spec
 
 pytest.importorskip("open_clip")
 

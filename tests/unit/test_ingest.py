@@ -1,4 +1,4 @@
-"""Embedding checks on ingest (udfs.ingest), fed plain Arrow arrays: no Spark."""
+"""Embedding checks on ingest (clipsift.udfs.ingest), fed plain Arrow arrays: no Spark."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.schemas import POOL_ARROW
-from udfs.ingest import METADATA_COLUMNS, check_batch, check_column
+from clipsift.jobs.schemas import POOL_ARROW
+from clipsift.udfs.ingest import METADATA_COLUMNS, check_batch, check_column
 
 LIST = pa.list_(pa.float32())
 

@@ -1,4 +1,4 @@
-"""Unit tests for the numpy kernels in ``udfs.kernels`` (no Spark).
+"""Unit tests for the numpy kernels in ``clipsift.udfs.kernels`` (no Spark).
 
 Every kernel is checked against a float64 brute force written here from the specification in
 ALGORITHMS.md §1 (negCLIPLoss) and §2 (NormSim, NormSim_2-D), plus properties of the scores.
@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from udfs.kernels import clip_score, negclip_loss, normsim, normsim2_dynamic
+from clipsift.udfs.kernels import clip_score, negclip_loss, normsim, normsim2_dynamic
 
 F64 = NDArray[np.float64]
 F32 = NDArray[np.float32]
@@ -615,14 +615,14 @@ def test_normsim2_dynamic_deterministic_with_ties() -> None:
 
 
 def test_kernels_do_not_import_pyspark() -> None:
-    """Importing udfs.kernels in a fresh interpreter does not import pyspark."""
+    """Importing clipsift.udfs.kernels in a fresh interpreter does not import pyspark."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import udfs.kernels, sys; assert 'pyspark' not in sys.modules",
+            "import clipsift.udfs.kernels, sys; assert 'pyspark' not in sys.modules",
         ],
         cwd=REPO_ROOT,
         env=env,

@@ -1,4 +1,5 @@
-"""Unit tests for ``udfs.models``: model identity, seeded builds, checkpoints, load errors, the worker cache (no Spark).
+"""Unit tests for ``clipsift.udfs.models``: model identity, seeded builds, checkpoints, load errors, the worker cache
+(no Spark).
 
 The model is the tiny open_clip architecture of ``tests.support.models`` (random weights, CPU). Real pictures
 come from ``tests.support.corpus`` (skimage sample photos, tuxpaint stamps).
@@ -16,10 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.corpus import skimage_photos, tuxpaint_stamps
-from tests.support.models import TINY_CONFIG, TINY_NAME, tiny_spec
-from udfs.decode import decode_image, prepare_image
-from udfs.models import (
+from clipsift.udfs.decode import decode_image, prepare_image
+from clipsift.udfs.models import (
     ClipEncoder,
     ModelLoadError,
     ModelSpec,
@@ -28,6 +27,8 @@ from udfs.models import (
     identify,
     resolve_device,
 )
+from tests.support.corpus import skimage_photos, tuxpaint_stamps
+from tests.support.models import TINY_CONFIG, TINY_NAME, tiny_spec
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")

@@ -1,4 +1,4 @@
-"""NormSim target files (jobs.io.load_target): .npy, .npz and .pt, normalised on load. No Spark."""
+"""NormSim target files (clipsift.jobs.io.load_target): .npy, .npz and .pt, normalised on load. No Spark."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs.io import load_target
+from clipsift.jobs.io import load_target
 
 torch = pytest.importorskip("torch")
 
@@ -54,7 +54,7 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 
 
 def test_stage_target_writes_once_for_workers_to_map(tmp_path: Path) -> None:
-    from jobs.io import stage_target
+    from clipsift.jobs.io import stage_target
 
     np.save(tmp_path / "t.npy", _rows(2))
     target = load_target("t", str(tmp_path / "t.npy"))

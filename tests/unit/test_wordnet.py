@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.support.corpus import tuxpaint_stamps
-from udfs.wordnet import (
+from clipsift.udfs.wordnet import (
     DATACOMP_IN21K_SHA256,
     WORDNET_DIR,
     SynsetMatcher,
@@ -30,6 +29,7 @@ from udfs.wordnet import (
     load_synset_ids,
     wordnet_identity,
 )
+from tests.support.corpus import tuxpaint_stamps
 
 DOG = "n02084071"
 

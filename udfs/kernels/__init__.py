@@ -1,13 +1,13 @@
 """Pure numpy kernels of clipsift: every score is computed here, and only here. No pyspark.
 
->>> from udfs.kernels import clip_score, negclip_loss, normsim, normsim2_dynamic
+>>> from clipsift.udfs.kernels import clip_score, negclip_loss, normsim, normsim2_dynamic
 """
 
-from udfs.kernels._checks import l2_normalize
-from udfs.kernels.basic import basic_filter, basic_filter_parts
-from udfs.kernels.batching import batch_plan, uid_hash64
-from udfs.kernels.clipscore import clip_score
-from udfs.kernels.clipselect import (
+from clipsift.udfs.kernels._checks import l2_normalize
+from clipsift.udfs.kernels.basic import basic_filter, basic_filter_parts
+from clipsift.udfs.kernels.batching import batch_plan, uid_hash64
+from clipsift.udfs.kernels.clipscore import clip_score
+from clipsift.udfs.kernels.clipselect import (
     SelectionRun,
     diversity_of_group,
     diversity_within_label,
@@ -18,9 +18,9 @@ from udfs.kernels.clipselect import (
     selection_scores,
     semantic_alignment,
 )
-from udfs.kernels.dedup import nearest_centroid, semantic_duplicates
-from udfs.kernels.negclip import batch_parts, negclip_loss
-from udfs.kernels.normsim import normsim, normsim2_dynamic, normsim2_from_moment, normsim_inf, second_moment
+from clipsift.udfs.kernels.dedup import nearest_centroid, semantic_duplicates
+from clipsift.udfs.kernels.negclip import batch_parts, negclip_loss
+from clipsift.udfs.kernels.normsim import normsim, normsim2_dynamic, normsim2_from_moment, normsim_inf, second_moment
 
 __all__ = [
     "SelectionRun",

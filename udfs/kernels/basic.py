@@ -8,7 +8,7 @@ DataComp (``baselines/apply_filter.py: load_uids_with_basic_filter_helper``) kee
 - ``min(original_width, original_height) >= 200``,
 - ``max(...) / min(...) <= 3.0``: a float64 division, as pandas does it, so 600x200 passes and 602x200 fails.
 
-The language comes in as a column (computed once, by :func:`udfs.langid.detect_languages`), so
+The language comes in as a column (computed once, by :func:`clipsift.udfs.langid.detect_languages`), so
 this module loads no model. Missing values, which DataComp's pandas code does not expect, fail
 the condition they enter: a null caption fails the language, word and character conditions; a
 null or NaN side fails both image conditions; a side of 0 fails both (the ratio is inf or NaN).
@@ -100,7 +100,7 @@ def basic_filter(lang: ArrayLike, text: Sequence[str | None], width: ArrayLike, 
     """DataComp's basic filter: English caption of 3+ words and 6+ characters, image ≥ 200 px, aspect ≤ 3.
 
     Args:
-        lang: The caption's top-1 language label from fastText lid.176 (see :mod:`udfs.langid`).
+        lang: The caption's top-1 language label from fastText lid.176 (see :mod:`clipsift.udfs.langid`).
         text: The caption, ``None`` (or NaN) when missing.
         width: ``original_width``; NaN or ``None`` when missing.
         height: ``original_height``; NaN or ``None`` when missing.

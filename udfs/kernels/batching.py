@@ -34,7 +34,7 @@ def uid_hash64(uids: Sequence[str]) -> np.ndarray:
 
 
 def batch_plan(uids: Sequence[str], rounds: int, batch_size: int, seed: int) -> np.ndarray:
-    """``(rounds, n)`` batch ids for :func:`udfs.kernels.negclip_loss`.
+    """``(rounds, n)`` batch ids for :func:`clipsift.udfs.kernels.negclip_loss`.
 
     Args:
         uids: the group's unique row ids (order does not matter for the plan's content).

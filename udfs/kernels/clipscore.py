@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from udfs.kernels._checks import as_matrix
+from clipsift.udfs.kernels._checks import as_matrix
 
 
 def clip_score(img: np.ndarray, txt: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from udfs.kernels._checks import as_matrix
+from clipsift.udfs.kernels._checks import as_matrix
 
 #: Class rows per distance tile in :func:`diversity_of_group`.
 COLUMN_BLOCK = 4096

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from udfs.kernels._checks import as_matrix
+from clipsift.udfs.kernels._checks import as_matrix
 
 #: Similarities within this much below ``threshold`` still count as duplicates (float32 rounding).
 SIMILARITY_EPS = 1e-6

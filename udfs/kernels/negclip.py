@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from udfs.kernels._checks import as_matrix
-from udfs.kernels._parallel import exp_sums
+from clipsift.udfs.kernels._checks import as_matrix
+from clipsift.udfs.kernels._parallel import exp_sums
 
 #: Largest similarity block (elements) held at once when ``block_rows`` is not given: 256 MiB of float32.
 BLOCK_ELEMENTS = 1 << 26

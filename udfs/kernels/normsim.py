@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from udfs.kernels._checks import as_matrix
+from clipsift.udfs.kernels._checks import as_matrix
 
 #: Pool rows per block for p = ∞.
 _POOL_BLOCK = 4096
