@@ -24,6 +24,7 @@ from clipsift.udfs.embed import EmbedSettings
 from clipsift.udfs.ingest import METADATA_COLUMNS
 
 T = TypeVar("T")
+J = TypeVar("J", bound="JobConfig")
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
@@ -35,6 +36,62 @@ class ConfigError(ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"config key '{key}': {message}")
         self.key = key
+        self.message = message
+
+    def under(self, section: str, key: str) -> ConfigError:
+        """The same error with the leading ``section`` (a class name) of its key replaced by the key path."""
+        head, rest = self.key[: len(section)], self.key[len(section) :]
+        if head != section or rest[:1] not in ("", ".", "["):
+            return self
+        path = f"{key}{rest}" if rest.startswith("[") or not rest else _join(key, rest.lstrip("."))
+        return ConfigError(path or section, self.message)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _positive(key: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(key, f"must be a positive integer, got {value}")
+
+
+def _fraction(key: str, value: float) -> None:
+    if not 0 < value <= 1:
+        raise ConfigError(key, f"must be a fraction in (0, 1], got {value}")
+
+
+#: Field metadata of a setting that does not change a score run's results (where they go, how they are computed
+#: in parallel or in blocks, a path whose contents are hashed instead): left out of the run id's basis.
+NOT_SCORED = {"scores": False}
+
+
+class Section:
+    """Base of every config dataclass: it validates when built, however it is built (YAML, ``--set``, code).
+
+    A section built in code names itself in the error (``NegClipConfig.tau``); built by the loader, the key
+    path (``negclip.tau``). Checks that need a sibling section (target names, earlier selections) run in the
+    job's config, which holds both.
+    """
+
+    def validate(self, key: str) -> None:
+        """Raise :class:`ConfigError` naming the first bad key under ``key``."""
+
+    def __post_init__(self) -> None:
+        self.validate(type(self).__name__)
+
+
+class JobConfig(Section):
+    """Base of a job's whole config (:class:`ScoreConfig`, :class:`SelectConfig`, ...)."""
+
+    @classmethod
+    def from_yaml(cls: type[J], path: str | Path | None = None, overrides: Sequence[str] = ()) -> J:
+        """Load from a YAML file plus ``a.b=value`` overrides, as ``--config`` / ``--set`` do.
+
+        Raises:
+            ConfigError: naming the offending key.
+        """
+        return load(cls, path, overrides)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -42,7 +99,7 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class TableRef:
+class TableRef(Section):
     """A table given by catalog name or by storage path (exactly one)."""
 
     table: str | None = None
@@ -64,7 +121,7 @@ class TableRef:
 
 
 @dataclass(frozen=True)
-class SparkSettings:
+class SparkSettings(Section):
     """Spark session settings; ignored where a session is already active (Databricks, tests)."""
 
     app_name: str = "clipsift"
@@ -77,7 +134,7 @@ class SparkSettings:
 
 
 @dataclass(frozen=True)
-class InputConfig:
+class InputConfig(Section):
     """Where the pool's embeddings come from."""
 
     kind: Literal["datacomp", "table"] = "datacomp"
@@ -139,7 +196,7 @@ class InputConfig:
 
 
 @dataclass(frozen=True)
-class NegClipConfig:
+class NegClipConfig(Section):
     """negCLIPLoss (ALGORITHMS.md §1, §6)."""
 
     enabled: bool = True
@@ -154,7 +211,7 @@ class NegClipConfig:
     """shard: batches within each input shard (the authors' way); pool: within random groups of the whole pool."""
     pool_group_rows: int | None = None
     """pool grouping: rows per random group (default 8 × batch_size; ≥ pool size = one group)."""
-    block_rows: int | None = None
+    block_rows: int | None = field(default=None, metadata=NOT_SCORED)
     """Rows per similarity block in the kernel (default: blocks under 256 MiB)."""
 
     def validate(self, key: str) -> None:
@@ -173,12 +230,12 @@ class NegClipConfig:
 
 
 @dataclass(frozen=True)
-class TargetConfig:
+class TargetConfig(Section):
     """A NormSim target set: image embeddings of the distribution to be close to."""
 
     name: str
     """Identifier used in column names: ``normsim_2_<name>``, ``normsim_inf_<name>``."""
-    path: str
+    path: str = field(metadata=NOT_SCORED)  # the run id hashes the target's contents instead
     """``.npy``, ``.npz`` (with ``key``) or ``.pt`` (tensor, or dict with ``key``) file on a path the driver reads."""
     key: str | None = None
 
@@ -191,7 +248,7 @@ class TargetConfig:
 
 
 @dataclass(frozen=True)
-class NormSimConfig:
+class NormSimConfig(Section):
     """NormSim against named targets (ALGORITHMS.md §2)."""
 
     targets: tuple[TargetConfig, ...] = ()
@@ -199,11 +256,11 @@ class NormSimConfig:
     """Which p to compute: "2" and/or "inf"."""
     signed_inf: bool = False
     """p = ∞ as the signed maximum cosine instead of the maximum |cosine| (the authors' code)."""
-    closure_max_mb: int = 64
+    closure_max_mb: int = field(default=64, metadata=NOT_SCORED)
     """Targets up to this size travel in the UDF closure; larger ones are staged and memory-mapped per worker."""
-    staging_dir: str | None = None
+    staging_dir: str | None = field(default=None, metadata=NOT_SCORED)
     """Folder every executor can read (e.g. ``/dbfs/...``, ``/Volumes/...``) for large staged targets."""
-    block_size: int = 8192
+    block_size: int = field(default=8192, metadata=NOT_SCORED)
 
     def validate(self, key: str) -> None:
         names = [t.name for t in self.targets]
@@ -219,7 +276,7 @@ class NormSimConfig:
 
 
 @dataclass(frozen=True)
-class NormSim2DConfig:
+class NormSim2DConfig(Section):
     """Target-free NormSim₂-D (VAS-D), ALGORITHMS.md §2.3."""
 
     enabled: bool = False
@@ -242,7 +299,7 @@ KMEANS_PARALLEL_MAX_K = 2_000
 
 
 @dataclass(frozen=True)
-class KMeansConfig:
+class KMeansConfig(Section):
     """Spark MLlib k-means of the pool's image embeddings (image-based filtering, semantic dedup)."""
 
     clusters: int = 100_000
@@ -264,7 +321,7 @@ class KMeansConfig:
 
 
 @dataclass(frozen=True)
-class BaselinesConfig:
+class BaselinesConfig(Section):
     """DataComp baselines and semantic dedup as columns of the score table (README "Baselines")."""
 
     basic: bool = False
@@ -286,8 +343,9 @@ class BaselinesConfig:
     def needs_clusters(self) -> bool:
         return self.image_based_target is not None or self.dedup_threshold is not None
 
-    def validate(self, key: str, targets: Sequence[str]) -> None:
-        if self.image_based_target is not None and self.image_based_target not in targets:
+    def validate(self, key: str, targets: Sequence[str] | None = None) -> None:
+        """``targets``: the ``normsim.targets`` names, checked by the score config that holds both."""
+        if targets is not None and self.image_based_target is not None and self.image_based_target not in targets:
             raise ConfigError(
                 f"{key}.image_based_target",
                 f"'{self.image_based_target}' is not a normsim.targets name ({', '.join(targets) or 'none given'})",
@@ -300,7 +358,7 @@ class BaselinesConfig:
 
 
 @dataclass(frozen=True)
-class ScoreClipSelectConfig:
+class ScoreClipSelectConfig(Section):
     """The label-free CLIP-powered selection scores as score-table columns ``sas`` and ``sds`` (README
     "CLIP-powered selection"); select on them with a ``clipselect`` selection."""
 
@@ -319,19 +377,19 @@ class ScoreClipSelectConfig:
 
 
 @dataclass(frozen=True)
-class ScoreConfig:
+class ScoreConfig(JobConfig):
     """``clipsift score``: embeddings in, one Delta table of scores out."""
 
     input: InputConfig
-    output: TableRef
-    run_id: str | None = None
+    output: TableRef = field(metadata=NOT_SCORED)
+    run_id: str | None = field(default=None, metadata=NOT_SCORED)
     """Default: a hash of everything that determines the scores, so a rerun replaces its own rows."""
     negclip: NegClipConfig = NegClipConfig()
     normsim: NormSimConfig = NormSimConfig()
     normsim2_dynamic: NormSim2DConfig = NormSim2DConfig()
     baselines: BaselinesConfig = BaselinesConfig()
     clipselect: ScoreClipSelectConfig = ScoreClipSelectConfig()
-    spark: SparkSettings = SparkSettings()
+    spark: SparkSettings = field(default=SparkSettings(), metadata=NOT_SCORED)
 
     @property
     def needs_clusters(self) -> bool:
@@ -364,7 +422,7 @@ RULES = ("threshold", "flag", "top_fraction", "sequential", "sum_of_ranks", "cli
 
 
 @dataclass(frozen=True)
-class SelectionConfig:
+class SelectionConfig(Section):
     """One named selection, rendered to the SQL view ``<view_prefix><name>``.
 
     Rules and their keys:
@@ -399,7 +457,8 @@ class SelectionConfig:
     export_npy: str | None = None
     """Also write DataComp's subset file (.npy of dtype u8,u8, sorted) to this local path."""
 
-    def validate(self, key: str, earlier: Sequence[str]) -> None:
+    def validate(self, key: str, earlier: Sequence[str] | None = None) -> None:
+        """``earlier``: the names of the selections before this one, checked by the select config."""
         if not _IDENTIFIER.match(self.name):
             raise ConfigError(f"{key}.name", f"'{self.name}' must be an identifier (letters, digits, _)")
         if self.rule not in RULES:
@@ -446,7 +505,7 @@ class SelectionConfig:
         if self.rule in ("intersect", "union"):
             if len(self.of) < 2:
                 raise ConfigError(f"{key}.of", f"'{self.rule}' needs at least two selection names")
-            missing = [n for n in self.of if n not in earlier]
+            missing = [n for n in self.of if earlier is not None and n not in earlier]
             if missing:
                 raise ConfigError(f"{key}.of", f"{missing} must be selections defined earlier in the list")
         if self.materialize is not None:
@@ -456,7 +515,7 @@ class SelectionConfig:
 
 
 @dataclass(frozen=True)
-class SelectConfig:
+class SelectConfig(JobConfig):
     """``clipsift select``: named selections over a score table, as SQL views."""
 
     scores: TableRef
@@ -489,7 +548,7 @@ class SelectConfig:
 
 
 @dataclass(frozen=True)
-class EmbedInputConfig:
+class EmbedInputConfig(Section):
     """Where the image-caption pairs come from."""
 
     kind: Literal["webdataset", "table"] = "webdataset"
@@ -529,7 +588,7 @@ class EmbedInputConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Section):
     """The open_clip teacher (see README "Models")."""
 
     name: str
@@ -559,7 +618,7 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class EmbedOptions(EmbedSettings):
+class EmbedOptions(EmbedSettings, Section):
     """The embedding UDF's settings (batching, decoding limits, output dtype) plus commit size and retries."""
 
     shards_per_commit: int | None = None
@@ -585,7 +644,7 @@ class EmbedOptions(EmbedSettings):
 
 
 @dataclass(frozen=True)
-class EmbedConfig:
+class EmbedConfig(JobConfig):
     """``clipsift embed``: image-caption pairs in, a Delta table of unit embeddings per (uid, model) out."""
 
     input: EmbedInputConfig
@@ -608,7 +667,7 @@ class EmbedConfig:
 
 
 @dataclass(frozen=True)
-class ClipSelectInputConfig:
+class ClipSelectInputConfig(Section):
     """The embedding table scored by ``clipsift clipselect`` (``clipsift embed`` output or any uid + vector table)."""
 
     table: str | None = None
@@ -641,7 +700,7 @@ class ClipSelectInputConfig:
 
 
 @dataclass(frozen=True)
-class AdapterTrainingConfig:
+class AdapterTrainingConfig(Section):
     """Training of the linear image/text adapters (:func:`clipsift.udfs.adapters.train_adapters`)."""
 
     epochs: int = 30
@@ -662,7 +721,7 @@ class AdapterTrainingConfig:
 
 
 @dataclass(frozen=True)
-class ClipSelectConfig:
+class ClipSelectConfig(JobConfig):
     """``clipsift clipselect``: CLIP-powered selection scores (SAS, SDS, criterion) into a Delta table."""
 
     input: ClipSelectInputConfig
@@ -771,9 +830,6 @@ def from_argv(cls: type[T], prog: str, argv: Sequence[str] | None) -> T:
 def from_dict(cls: type[T], data: Mapping[str, Any], key: str = "") -> T:
     """Build and validate a config dataclass from plain data (strict about unknown keys)."""
     obj: T = _build(cls, data, key)
-    validate = getattr(obj, "validate", None)
-    if validate is not None and not key:
-        validate()
     return obj
 
 
@@ -786,6 +842,16 @@ def to_dict(cfg: Any) -> Any:
     if isinstance(cfg, Mapping):
         return {str(k): to_dict(v) for k, v in cfg.items()}
     return cfg
+
+
+def scores_basis(cfg: Any) -> Any:
+    """Plain data of a config without the fields marked :data:`NOT_SCORED`: what a score run id hashes."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        fields = [f for f in dataclasses.fields(cfg) if f.metadata.get("scores", True)]
+        return {f.name: scores_basis(getattr(cfg, f.name)) for f in fields}
+    if isinstance(cfg, (tuple, list)):
+        return [scores_basis(v) for v in cfg]
+    return to_dict(cfg)
 
 
 def _apply_override(data: dict[str, Any], item: str) -> None:
@@ -820,7 +886,10 @@ def _build(tp: Any, value: Any, key: str) -> Any:
                 kwargs[name] = _build(hints[name], value[name], _join(key, name))
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(_join(key, name), "is required")
-        return tp(**kwargs)
+        try:
+            return tp(**kwargs)
+        except ConfigError as exc:
+            raise exc.under(tp.__name__, key) from None
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         if value is None:
@@ -881,17 +950,3 @@ def _flatten(value: Mapping[str, Any], key: str, prefix: str = "") -> dict[str, 
         else:
             out[name] = str(v).lower() if isinstance(v, bool) else str(v)
     return out
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-def _positive(key: str, value: int) -> None:
-    if value < 1:
-        raise ConfigError(key, f"must be a positive integer, got {value}")
-
-
-def _fraction(key: str, value: float) -> None:
-    if not 0 < value <= 1:
-        raise ConfigError(key, f"must be a fraction in (0, 1], got {value}")

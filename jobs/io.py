@@ -225,6 +225,16 @@ def _status_batch(
 def read_table(spark: SparkSession, cfg: InputConfig) -> DataFrame:
     """Read an embedding table (by catalog name or path) as rows of the pool schema."""
     df = spark.read.table(cfg.table) if cfg.table is not None else spark.read.format(cfg.format).load(cfg.path)
+    return as_pool(df, cfg)
+
+
+def as_pool(df: DataFrame, cfg: InputConfig) -> DataFrame:
+    """A DataFrame of embeddings as rows of the pool schema, its columns named by ``cfg`` (``uid_col``,
+    ``image_col``, ``text_col``, ``shard_col``, ``metadata_cols``); where it came from does not matter.
+
+    Raises:
+        ValueError: when a named column is missing.
+    """
     missing = [c for c in (cfg.uid_col, cfg.image_col, cfg.text_col, cfg.shard_col) if c and c not in df.columns]
     if missing:
         raise ValueError(

@@ -40,7 +40,7 @@ from clipsift.jobs.baselines import (
     with_clusters,
     with_image_based,
 )
-from clipsift.jobs.config import ConfigError, NormSimConfig, ScoreConfig, from_argv, to_dict
+from clipsift.jobs.config import ConfigError, NormSimConfig, ScoreConfig, from_argv, scores_basis, to_dict
 from clipsift.jobs.normsim2d import normsim2_dynamic_survival
 from clipsift.jobs.schemas import STATUS
 from clipsift.jobs.session import get_spark, job_description
@@ -79,12 +79,65 @@ class ScoreResult:
 def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
     """Score the pool of ``cfg.input`` and write this run's rows of ``cfg.output``."""
     started = time.time()
+    scored = _score(io.read_pool(spark, cfg.input), cfg)
+    run_id, rows_in, lineage = scored.run_id, scored.rows_in, scored.lineage
+    io.replace_partition(scored.frame, cfg.output, "run_id", run_id)
+    scored.checked.unpersist()
+
+    written = io.read_delta(spark, cfg.output).where(F.col("run_id") == run_id)
+    by_status = {r["status"]: int(r["count"]) for r in written.groupBy("status").count().collect()}
+    rows_out = sum(by_status.values())
+    if cfg.baselines.dedup_threshold is not None:
+        # uid -> the representative kept of its near-duplicate group, one partition per run.
+        duplicates = written.where(~F.col("dedup_kept")).select(
+            "uid", F.col("dedup_group").alias("kept_uid"), F.col("dedup_similarity").alias("similarity"),
+            "image_cluster", "run_id",
+        )  # fmt: skip
+        io.replace_partition(duplicates, io.sibling(cfg.output, "duplicates"), "run_id", run_id)
+    seconds = time.time() - started
+    io.record_run(
+        spark, cfg.output, run_id=run_id, started_at=scored.started_at, seconds=seconds, input_label=cfg.input.label,
+        rows_in=rows_in, by_status=by_status, config=to_dict(cfg), lineage=lineage,
+    )  # fmt: skip
+    if rows_out != rows_in:
+        raise RuntimeError(f"run {run_id}: {rows_in} rows read but {rows_out} written; the table was left as written")
+    return ScoreResult(run_id=run_id, rows_in=rows_in, rows_out=rows_out, by_status=by_status, seconds=seconds)
+
+
+def score_frame(df: DataFrame, cfg: ScoreConfig) -> DataFrame:
+    """The score columns of ``cfg`` added to a DataFrame of embeddings in hand: the rows ``clipsift score`` would
+    write, lineage and ``run_id`` included, but nothing is written.
+
+    ``df`` holds a uid and the image and caption embeddings (arrays of floats, or float16 bytes), named as
+    ``cfg.input`` names them (``uid_col``, ``image_col``, ``text_col``; ``shard_col`` and ``metadata_cols`` when
+    present); ``cfg.input``'s path or table and ``cfg.output`` are not used. NormSim targets and adapters named
+    in ``cfg`` are read. The checked input is persisted for the scoring; every input row comes out once, with a
+    ``status``. Actions run here (row counts, k-means when configured), as they do in the job.
+    """
+    return _score(io.as_pool(df, cfg.input), cfg).frame
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """The scored rows of a run, not yet written, and what the job records about them."""
+
+    frame: DataFrame
+    run_id: str
+    rows_in: int
+    lineage: dict[str, object]
+    checked: DataFrame
+    """The persisted, checked input the frame is computed from (unpersist after writing)."""
+    started_at: datetime
+
+
+def _score(raw: DataFrame, cfg: ScoreConfig) -> _Scored:
+    """Every row of ``raw`` (pool schema) with its status and the scores of ``cfg``, in the output's columns."""
+    spark = raw.sparkSession
     started_at = datetime.now(timezone.utc)
     targets = [io.load_target(t.name, t.path, t.key) for t in cfg.normsim.targets]
     lineage = _lineage(cfg, targets)
     run_id = cfg.run_id or derive_run_id(cfg, lineage)
 
-    raw = io.read_pool(spark, cfg.input)
     dim = cfg.input.expected_dim or io.detect_dim(raw, hint="set input.dim or check input.image_col")
     for t in targets:
         if t.matrix.shape[1] != dim:
@@ -157,27 +210,7 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
         .withColumn("scored_at", F.lit(started_at).cast("timestamp"))
         .select(*_ordered(columns))
     )
-    io.replace_partition(out, cfg.output, "run_id", run_id)
-    checked.unpersist()
-
-    written = io.read_delta(spark, cfg.output).where(F.col("run_id") == run_id)
-    by_status = {r["status"]: int(r["count"]) for r in written.groupBy("status").count().collect()}
-    rows_out = sum(by_status.values())
-    if cfg.baselines.dedup_threshold is not None:
-        # uid -> the representative kept of its near-duplicate group, one partition per run.
-        duplicates = written.where(~F.col("dedup_kept")).select(
-            "uid", F.col("dedup_group").alias("kept_uid"), F.col("dedup_similarity").alias("similarity"),
-            "image_cluster", "run_id",
-        )  # fmt: skip
-        io.replace_partition(duplicates, io.sibling(cfg.output, "duplicates"), "run_id", run_id)
-    seconds = time.time() - started
-    io.record_run(
-        spark, cfg.output, run_id=run_id, started_at=started_at, seconds=seconds, input_label=cfg.input.label,
-        rows_in=rows_in, by_status=by_status, config=to_dict(cfg), lineage=lineage,
-    )  # fmt: skip
-    if rows_out != rows_in:
-        raise RuntimeError(f"run {run_id}: {rows_in} rows read but {rows_out} written; the table was left as written")
-    return ScoreResult(run_id=run_id, rows_in=rows_in, rows_out=rows_out, by_status=by_status, seconds=seconds)
+    return _Scored(frame=out, run_id=run_id, rows_in=rows_in, lineage=lineage, checked=checked, started_at=started_at)
 
 
 def _with_negclip(
@@ -246,17 +279,12 @@ def one_partition_keys(spark: SparkSession, groups: Sequence[str]) -> dict[str, 
 
 
 def derive_run_id(cfg: ScoreConfig, lineage: dict[str, object]) -> str:
-    """A run id from everything that determines the scores: same config and targets, same id."""
-    basis = {
-        "input": to_dict(cfg.input),
-        "negclip": {k: v for k, v in to_dict(cfg.negclip).items() if k != "block_rows"},
-        "normsim": {"norms": list(cfg.normsim.norms), "signed_inf": cfg.normsim.signed_inf},
-        "normsim2_dynamic": to_dict(cfg.normsim2_dynamic),
-        "baselines": to_dict(cfg.baselines),
-        "clipselect": to_dict(cfg.clipselect),
-        "targets": lineage["targets"],
-        "code_version": lineage["code_version"],
-    }
+    """A run id from everything that determines the scores: same config and targets, same id.
+
+    The basis is the whole config except the fields marked as not changing scores (output, parallelism, block
+    sizes, paths of targets whose contents are hashed instead), so a new config field changes the id by default.
+    """
+    basis = {"config": scores_basis(cfg), "targets": lineage["targets"], "code_version": lineage["code_version"]}
     digest = hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()
     return f"run-{digest[:16]}"
 

@@ -1,4 +1,12 @@
-"""Shared fixtures: one local Spark session with Delta for the whole run (spark/ and jobs/ tiers)."""
+"""Shared fixtures and the test tiers.
+
+* Tiers are set by folder: ``tests/spark`` and ``tests/jobs`` are marked ``spark``, ``tests/gpu`` ``gpu``.
+  Only tests marked ``spark`` (those folders, and the benchmarks' smoke tests, marked by hand) may use the
+  ``spark`` fixture, so ``pytest -m "not spark"`` runs without a JVM.
+* ``CLIPSIFT_REQUIRE_TEST_DATA=1`` (set by ``.ci/run``) turns a skip for missing test data or a missing package
+  (a Debian data package, an extra) into a failure, so CI cannot pass by skipping.
+* One local Spark session with Delta for the whole run.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +23,35 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 if (ROOT / ".jars").is_dir():
     os.environ.setdefault("CLIPSIFT_JARS", str(ROOT / ".jars"))
+
+
+#: Folder under tests/ -> the marker every test in it gets.
+TIER_MARKERS = {"spark": "spark", "jobs": "spark", "gpu": "gpu"}
+#: Skip reasons that mean "test data or a package is missing" (the readers in tests.support say how to install).
+MISSING_DATA = ("apt-get install", "pip install", "could not import", "not found: install")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests = ROOT / "tests"
+    for item in items:
+        parts = item.path.relative_to(tests).parts
+        marker = TIER_MARKERS.get(parts[0]) if len(parts) > 1 else None
+        if marker is not None:
+            item.add_marker(marker)
+        if "spark" in getattr(item, "fixturenames", ()) and item.get_closest_marker("spark") is None:
+            raise pytest.UsageError(f"{item.nodeid} uses the spark fixture but is not in a spark tier folder")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and os.environ.get("CLIPSIFT_REQUIRE_TEST_DATA") == "1"):
+        return
+    reason = str(report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr)
+    if any(text in reason for text in MISSING_DATA):
+        report.outcome = "failed"
+        report.longrepr = f"CLIPSIFT_REQUIRE_TEST_DATA=1 and the test was skipped for missing data: {reason}"
 
 
 @pytest.fixture(scope="session")

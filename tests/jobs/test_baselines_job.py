@@ -20,8 +20,6 @@ from clipsift.udfs.kernels import basic_filter
 from clipsift.udfs.langid import detect_languages
 from tests.support.corpus import tuxpaint_translations
 
-pytestmark = pytest.mark.spark
-
 DIM = 16
 CLUSTERS = 6
 PER_CLUSTER = 30

@@ -27,8 +27,6 @@ from clipsift.udfs.arrow import half_to_lists
 from tests.support.corpus import broken_image_corpus, skimage_photos, tuxpaint_stamps
 from tests.support.models import TINY_NAME, write_tiny_config
 
-pytestmark = pytest.mark.spark
-
 DIM = 32
 #: Broken or odd images planted in shard 1, with the status each must get.
 PLANTED = ("random_bytes", "jpeg_truncated_half", "png_bad_zlib", "bomb_png_8000x8000", "png_gray16", "gif_animated")

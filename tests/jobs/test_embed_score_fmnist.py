@@ -20,8 +20,6 @@ from clipsift.jobs.score import run as score_run
 from clipsift.udfs.models import file_sha256
 from tests.support.tiny_clip import FASHION_CLASSES, load_fashion_mnist, png_bytes, trained_tiny_clip
 
-pytestmark = pytest.mark.spark
-
 N_PER_KIND = 200  # matching and mismatched pairs each
 TEMPLATE = "a photo of a {}"
 

@@ -24,8 +24,6 @@ from clipsift.jobs.schemas import STATUS
 from clipsift.jobs.score import NORMSIM2D_COLUMN, run
 from clipsift.udfs.kernels import batch_plan, clip_score, l2_normalize, negclip_loss, normsim, normsim2_dynamic
 
-pytestmark = pytest.mark.spark
-
 SCORE_COLUMNS = ["clip_score", "negclip_loss", "negclip_r_i2t", "negclip_r_t2i"]
 ATOL = 1e-6
 
@@ -416,3 +414,39 @@ def test_missing_target_file(spark: SparkSession, scored: Any, tmp_path: Path) -
     with pytest.raises(FileNotFoundError, match="ghost"):
         run(spark, from_dict(ScoreConfig, data))
     assert not io.table_exists(spark, TableRef(path=str(tmp_path / "never")))
+
+
+def test_score_frame_equals_the_job_and_writes_nothing(spark: SparkSession, tmp_path: Path) -> None:
+    """``clipsift.score_frame`` on a DataFrame in hand (its own column names) gives the rows the job writes for
+    the same data read from a table, bad rows included, and writes no table."""
+    import clipsift
+
+    dim = 8
+    rng = np.random.default_rng(23)
+    rows = [(f"u{i:02d}", rng.normal(size=dim).tolist(), rng.normal(size=dim).tolist()) for i in range(30)]
+    rows += [("short", rows[0][1][:-1], rows[0][2]), ("none", None, rows[0][2])]
+    frame = spark.createDataFrame(rows, "id string, img array<float>, txt array<float>")
+    path = str(tmp_path / "emb")
+    frame.write.format("delta").save(path)
+    output = tmp_path / "scores"
+    data = {
+        "input": {"kind": "table", "path": path, "dim": dim, "uid_col": "id", "image_col": "img", "text_col": "txt"},
+        "output": {"path": str(output)},
+        "negclip": {"rounds": 2, "batch_size": 8, "grouping": "pool", "seed": 3},
+    }
+    cfg = clipsift.ScoreConfig.from_yaml(None, [f"{k}={json.dumps(v)}" for k, v in data.items()])
+
+    in_hand = clipsift.score_frame(frame, cfg).drop("lineage", "scored_at").toPandas()
+    assert not output.exists()
+    assert len(in_hand) == len(rows) and in_hand["uid"].is_unique
+    assert in_hand.set_index("uid").loc[["short", "none"], "status"].tolist() == [
+        STATUS.BAD_DIMENSION, STATUS.NULL_EMBEDDING,
+    ]  # fmt: skip
+
+    result = clipsift.score(spark, cfg)
+    written = _run_frame(spark, str(output), result.run_id).drop(columns=["scored_at"])
+    assert list(in_hand.columns) == list(written.columns)
+    pd.testing.assert_frame_equal(
+        in_hand.sort_values("uid").reset_index(drop=True), written.sort_values("uid").reset_index(drop=True),
+        check_exact=False, atol=ATOL, rtol=0,
+    )  # fmt: skip

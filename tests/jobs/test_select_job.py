@@ -15,8 +15,6 @@ from clipsift.jobs.config import ConfigError, SelectConfig, from_dict
 from clipsift.jobs.schemas import STATUS
 from clipsift.jobs.select import run
 
-pytestmark = pytest.mark.spark
-
 PREFIX = "sj_"
 
 

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from clipsift.jobs.clipselect import epoch_batches
 from clipsift.udfs.clipselect import pack_rows_fn, unpack_rows
-
-pytestmark = pytest.mark.spark
 
 DIM = 4
 

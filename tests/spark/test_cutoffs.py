@@ -9,8 +9,6 @@ from pyspark.sql import DataFrame, SparkSession
 
 from clipsift.jobs.cutoffs import Cutoff, keep_condition, keep_sql, sql_double, top_n_cutoff
 
-pytestmark = pytest.mark.spark
-
 N_ROWS = 300
 
 

@@ -19,8 +19,6 @@ from clipsift.jobs.config import InputConfig, TableRef
 from clipsift.jobs.schemas import POOL_DDL, STATUS
 from clipsift.udfs.ingest import METADATA_COLUMNS
 
-pytestmark = pytest.mark.spark
-
 DIM = 4
 
 

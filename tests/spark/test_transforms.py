@@ -24,8 +24,6 @@ from clipsift.udfs.ingest import METADATA_COLUMNS
 from clipsift.udfs.kernels import batch_plan, negclip_loss, normsim, second_moment
 from clipsift.udfs.score import TargetHandle
 
-pytestmark = pytest.mark.spark
-
 DIM = 4
 NAN, INF = float("nan"), float("inf")
 GOOD = [1.0, 0.0, 0.0, 0.0]

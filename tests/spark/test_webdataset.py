@@ -22,8 +22,6 @@ from clipsift.jobs.config import EmbedInputConfig
 from clipsift.jobs.schemas import STATUS
 from tests.support.corpus import tuxpaint_stamps
 
-pytestmark = pytest.mark.spark
-
 EXTS = ("jpg", "jpeg", "png", "webp")
 Member = tuple[str, bytes]
 Stamps = list[tuple[str, bytes, str]]

@@ -6,6 +6,7 @@ without ever asking for a SparkSession.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -633,3 +634,140 @@ def test_kmeans_init() -> None:
     assert kmeans_init_mode(KMeansConfig(init="random"), 10) == "random"
     assert kmeans_init_mode(KMeansConfig(init="k-means||"), 100_000) == "k-means||"
     assert _score_error(_score(baselines={"kmeans": {"init": "kmeans++"}})).key == "baselines.kmeans.init"
+
+
+def _leaf_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every settable key path of a config class (sections recursed; lists of sections by their item keys)."""
+    import dataclasses
+    import typing
+
+    out: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        args = [a for a in typing.get_args(tp) if a is not type(None) and a is not Ellipsis]
+        inner = next((a for a in [tp, *args] if dataclasses.is_dataclass(a)), None)
+        key = f"{prefix}{f.name}"
+        out += _leaf_keys(inner, f"{key}.") if inner is not None else [key]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [("score.yaml", ScoreConfig), ("select.yaml", SelectConfig), ("embed.yaml", EmbedConfig),
+     ("clipselect.yaml", ClipSelectConfig)],
+)  # fmt: skip
+def test_every_config_key_appears_in_its_example(name: str, cls: type) -> None:
+    """Each key is set in the example, or named in one of its comments (alternatives such as table input)."""
+    text = (EXAMPLES / name).read_text()
+    data = yaml.safe_load(text)
+    comments = "\n".join(line.split("#", 1)[1] for line in text.splitlines() if "#" in line)
+
+    def present(path: str) -> bool:
+        node: Any = data
+        for part in path.split("."):
+            if isinstance(node, list):
+                node = next((item for item in node if isinstance(item, dict) and part in item), {})
+            if not isinstance(node, dict) or part not in node:
+                leaf = path.rsplit(".", 1)[-1]
+                return re.search(rf"(?<![\w.]){re.escape(leaf)}\b", comments) is not None
+            node = node[part]
+        return True
+
+    missing = [key for key in _leaf_keys(cls) if not present(key)]
+    assert not missing, f"examples/{name} neither sets nor mentions: {missing}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Configs validate however they are built (code, dataclasses.replace, YAML)
+
+
+def test_a_section_built_in_code_validates_and_names_itself() -> None:
+    from clipsift.jobs.config import NegClipConfig, SelectionConfig, TableRef
+
+    with pytest.raises(ConfigError) as info:
+        NegClipConfig(tau=-1)
+    assert info.value.key == "NegClipConfig.tau"
+    with pytest.raises(ConfigError) as info:
+        TableRef()
+    assert info.value.key == "TableRef"
+    with pytest.raises(ConfigError) as info:
+        SelectionConfig(name="top", rule="top_fraction", column="clip_score", fraction=1.5)
+    assert info.value.key == "SelectionConfig.fraction"
+
+
+def test_a_job_config_built_in_code_validates_across_sections() -> None:
+    import dataclasses
+
+    from clipsift.jobs.config import BaselinesConfig, InputConfig, SelectionConfig, TableRef
+
+    cfg = ScoreConfig(input=InputConfig(path="/data/pool"), output=TableRef(path="/tmp/scores"))
+    with pytest.raises(ConfigError) as info:
+        dataclasses.replace(cfg, run_id="not an id!")
+    assert info.value.key == "ScoreConfig.run_id"
+    with pytest.raises(ConfigError) as info:
+        dataclasses.replace(cfg, baselines=BaselinesConfig(image_based_target="imagenet"))
+    assert info.value.key == "ScoreConfig.baselines.image_based_target"
+    union = SelectionConfig(name="both", rule="union", of=("a", "b"))
+    with pytest.raises(ConfigError) as info:
+        SelectConfig(scores=TableRef(path="/tmp/scores"), selections=(union,))
+    assert info.value.key == "SelectConfig.selections[0].of"
+
+
+def test_from_yaml_names_the_key_path(tmp_path: Path) -> None:
+    path = _write(tmp_path, SCORE_YAML)
+    assert ScoreConfig.from_yaml(path, ["negclip.rounds=5"]).negclip.rounds == 5
+    with pytest.raises(ConfigError) as info:
+        ScoreConfig.from_yaml(path, ["negclip.tau=-1"])
+    assert info.value.key == "negclip.tau"
+    with pytest.raises(ConfigError) as info:
+        ScoreConfig.from_yaml(path, ["normsim.targets=[{name: 'a b', path: t.npy}]"])
+    assert info.value.key == "normsim.targets[0].name"
+    with pytest.raises(ConfigError) as info:
+        SelectConfig.from_yaml(_write(tmp_path, _select({"name": "x", "rule": "union", "of": ["a", "b"]})))
+    assert info.value.key == "selections[0].of"
+
+
+# --------------------------------------------------------------------------------------------------
+# The run id hashes the whole config but the fields marked as not changing scores
+
+
+#: The only score-config keys left out of the run id.
+NOT_SCORED_KEYS = {
+    "output.table", "output.path", "output.format", "run_id", "spark.app_name", "spark.conf",
+    "negclip.block_rows", "normsim.closure_max_mb", "normsim.staging_dir", "normsim.block_size",
+    "normsim.targets.path",
+}  # fmt: skip
+
+
+def test_run_id_basis_is_every_key_but_the_marked_ones() -> None:
+    from clipsift.jobs.config import scores_basis
+
+    data = _score(normsim={"targets": [{"name": "t", "path": "/t.npy"}]})
+    basis = scores_basis(from_dict(ScoreConfig, data))
+
+    def flat(node: Any, prefix: str = "") -> set[str]:
+        if isinstance(node, dict) and node and prefix.rstrip(".").split(".")[-1] not in ("conf", "metadata_cols"):
+            return set().union(*(flat(v, f"{prefix}{k}.") for k, v in node.items()))
+        if isinstance(node, list) and node and isinstance(node[0], dict):
+            return set().union(*(flat(v, prefix) for v in node))
+        return {prefix.rstrip(".")}
+
+    assert flat(basis) == set(_leaf_keys(ScoreConfig)) - NOT_SCORED_KEYS
+
+
+def test_run_id_changes_with_scores_only(tmp_path: Path) -> None:
+    from clipsift.jobs.score import derive_run_id
+
+    lineage = {"targets": [], "code_version": "0"}
+
+    def run_id(**changes: Any) -> str:
+        return derive_run_id(from_dict(ScoreConfig, _score(**changes)), lineage)
+
+    base = run_id()
+    assert run_id(negclip={"tau": 0.07}) != base
+    assert run_id(baselines={"kmeans": {"init": "random"}}) != base
+    assert run_id(input={"dim": 512}) != base
+    assert run_id(negclip={"block_rows": 1024}) == base
+    assert run_id(output={"path": "/elsewhere"}) == base
+    assert run_id(spark={"conf": {"spark.sql.shuffle.partitions": "8"}}) == base
