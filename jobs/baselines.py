@@ -20,11 +20,14 @@ from clipsift.udfs.baselines import DEDUP_DDL, caption_filters_udf, dedup_group_
 from clipsift.udfs.kernels import nearest_centroid
 from clipsift.udfs.score import TargetHandle, target_rows
 
-CAPTION_COLUMNS = (
-    "caption_lang", "caption_lang_prob", "basic_filter", "caption_in21k", "text_based_filter", "caption_prefilter",
-)  # fmt: skip
-CLUSTER_COLUMNS = ("image_cluster", "centroid_similarity")
-DEDUP_COLUMNS = ("dedup_group", "dedup_similarity", "dedup_kept")
+#: The columns each baseline transform adds (name -> Spark SQL type).
+CAPTION_COLUMNS = {
+    "caption_lang": "string", "caption_lang_prob": "double", "basic_filter": "boolean", "caption_in21k": "boolean",
+    "text_based_filter": "boolean", "caption_prefilter": "boolean",
+}  # fmt: skip
+CLUSTER_COLUMNS = {"image_cluster": "int", "centroid_similarity": "double"}
+IMAGE_BASED_COLUMNS = {"image_based_filter": "boolean"}
+DEDUP_COLUMNS = {"dedup_group": "string", "dedup_similarity": "double", "dedup_kept": "boolean"}
 
 
 def fit_kmeans(ok: DataFrame, cfg: KMeansConfig, n_ok: int) -> np.ndarray:

@@ -38,10 +38,3 @@ POOL_ARROW = pa.schema(
         *((name, arrow_type) for name, arrow_type, _ in ingest.METADATA_FIELDS),
     ]
 )
-
-#: Lineage carried by every scored row.
-LINEAGE_DDL = (
-    "struct<teacher: string, normalized: boolean, tau: double, batch_size: int, rounds: int, seed: bigint, "
-    "grouping: string, targets: array<struct<name: string, sha256: string, rows: bigint>>, code_version: string, "
-    "baselines: string, clipselect: string>"
-)

@@ -8,7 +8,8 @@ Writes: the score table (``output``; Delta, partitioned by ``run_id``; this run'
         ``<output>_duplicates`` (uid -> the uid kept of its near-duplicate group, similarity).
 
 Every input row appears exactly once, with ``status`` ``ok`` and its scores, or another status and
-the reason in ``error``.
+the reason in ``error``. The scores are the steps of :data:`STAGES`, one row each: its config, columns,
+lineage and transform.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -32,6 +33,7 @@ from clipsift.jobs.baselines import (
     CAPTION_COLUMNS,
     CLUSTER_COLUMNS,
     DEDUP_COLUMNS,
+    IMAGE_BASED_COLUMNS,
     centroid_handle,
     dedup_groups,
     fit_kmeans,
@@ -45,8 +47,6 @@ from clipsift.jobs.normsim2d import normsim2_dynamic_survival
 from clipsift.jobs.schemas import STATUS
 from clipsift.jobs.session import get_spark, job_description
 from clipsift.jobs.transforms import (
-    BASE_SCORE_COLUMNS,
-    CLIPSELECT_COLUMNS,
     normsim_column,
     with_checked_embeddings,
     with_clip_score,
@@ -60,9 +60,219 @@ from clipsift.jobs.transforms import (
 from clipsift.udfs.clipselect import AdapterWeights
 from clipsift.udfs.ingest import METADATA_COLUMNS
 from clipsift.udfs.kernels import second_moment
-from clipsift.udfs.score import TargetHandle
+from clipsift.udfs.score import NEGCLIP_COLUMNS, TargetHandle
 
 NORMSIM2D_COLUMN = "normsim2d_survived"
+
+
+@dataclass
+class Pass:
+    """One score run as its stages see it: the config, the pool's ok rows, and what earlier stages left."""
+
+    spark: SparkSession
+    cfg: ScoreConfig
+    dim: int
+    ok: DataFrame
+    """The ok rows with their (normalised) embeddings, before any score."""
+    n_ok: int
+    targets: list[io.Target]
+    handles: list[TargetHandle]
+    keep_embeddings: bool = False
+    """Set by the job before each stage: a later stage still reads ``image_emb`` / ``text_emb``."""
+    centroids: TargetHandle | None = None
+    weights: AdapterWeights | None = None
+    adapters: dict[str, object] | None = None
+    """Where the clipselect adapters came from (lineage)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the score job. Its columns, lineage and place in the run are declared here, nowhere else."""
+
+    name: str
+    enabled: Callable[[ScoreConfig], bool]
+    """Whether the step runs (it never runs on a pool without ok rows)."""
+    columns: Callable[[ScoreConfig], dict[str, str]]
+    """Output column -> Spark SQL type: the table has them when the step is enabled (rows it does not score get
+    nulls of that type)."""
+    apply: Callable[[DataFrame, Pass], DataFrame]
+    """The ok rows -> the same rows with the step's columns (transforms, plus the step's own Spark actions)."""
+    lineage_ddl: str = ""
+    """Fields the step adds to every row's ``lineage`` struct (``name: type, ...``, Spark DDL)."""
+    lineage: Callable[[Pass], dict[str, object]] = lambda p: {}
+    """Their values, taken after every step has run."""
+    reads_embeddings: bool = True
+    """Whether the step reads ``image_emb`` / ``text_emb`` (they are dropped after the last one that does)."""
+    always_in_table: bool = False
+    """The columns are in every run's table, null when the step is disabled (negCLIPLoss, which most selections
+    read)."""
+
+
+def _apply_clip_score(df: DataFrame, p: Pass) -> DataFrame:
+    return df.transform(with_clip_score, dim=p.dim)
+
+
+def _normsim_columns(cfg: ScoreConfig) -> dict[str, str]:
+    return {normsim_column(t.name, n): "double" for t in cfg.normsim.targets for n in cfg.normsim.norms}
+
+
+def _apply_normsim(df: DataFrame, p: Pass) -> DataFrame:
+    n = p.cfg.normsim
+    return df.transform(
+        with_normsim, targets=p.handles, norms=n.norms, dim=p.dim, signed=n.signed_inf, block_size=n.block_size
+    )
+
+
+def _targets_lineage(targets: Sequence[io.Target]) -> list[dict[str, object]]:
+    return [{"name": t.name, "sha256": t.sha256, "rows": int(t.matrix.shape[0])} for t in targets]
+
+
+def _caption_filters_enabled(cfg: ScoreConfig) -> bool:
+    b = cfg.baselines
+    return b.basic or b.text_based or b.image_based_target is not None
+
+
+def _apply_caption_filters(df: DataFrame, p: Pass) -> DataFrame:
+    return df.transform(with_caption_filters, text_based=p.cfg.baselines.text_based)
+
+
+def _baselines_lineage(p: Pass) -> dict[str, object]:
+    """The baselines' settings and the identity of the models they use (language id, WordNet)."""
+    b = p.cfg.baselines
+    out: dict[str, object] = {"config": to_dict(b), "kmeans_clusters": p.centroids.rows if p.centroids else None}
+    if _caption_filters_enabled(p.cfg):
+        from clipsift.udfs.langid import langid_identity
+
+        out["langid"] = langid_identity()
+    if b.text_based:
+        from clipsift.udfs.wordnet import wordnet_identity
+
+        out["wordnet"] = wordnet_identity()
+    return {"baselines": json.dumps(out, sort_keys=True)}
+
+
+def _apply_clusters(df: DataFrame, p: Pass) -> DataFrame:
+    """k-means of the ok rows' images (fitted here, on the driver's request), then each row's nearest centroid."""
+    cfg = p.cfg
+    k_bytes = min(cfg.baselines.kmeans.clusters, p.n_ok) * p.dim * 4
+    if k_bytes > cfg.normsim.closure_max_mb * (1 << 20) and cfg.normsim.staging_dir is None:
+        raise ConfigError(
+            "normsim.staging_dir",
+            f"the k-means centroids will take {k_bytes >> 20} MiB, over normsim.closure_max_mb; set "
+            "normsim.staging_dir to a folder every executor can read (they are staged there like a target)",
+        )
+    fitted = fit_kmeans(p.ok, cfg.baselines.kmeans, p.n_ok)
+    p.centroids = centroid_handle(fitted, cfg.normsim.closure_max_mb, cfg.normsim.staging_dir)
+    return df.transform(with_clusters, centroids=p.centroids, dim=p.dim)
+
+
+def _apply_image_based(df: DataFrame, p: Pass) -> DataFrame:
+    assert p.centroids is not None  # the clusters stage ran: image_based_target needs clusters
+    target = next(h for h in p.handles if h.name == p.cfg.baselines.image_based_target)
+    return df.transform(with_image_based, clusters=target_clusters(p.spark, target, p.centroids))
+
+
+def _apply_sas(df: DataFrame, p: Pass) -> DataFrame:
+    p.weights, p.adapters = _clipselect_adapters(p.cfg, p.dim)
+    return df.transform(with_sas, weights=p.weights, prompts=None)
+
+
+def _apply_negclip(df: DataFrame, p: Pass) -> DataFrame:
+    """negCLIPLoss columns: in place on DataComp shards grouped by shard (each shard is one task since the
+    read), else through a shuffle that gives every group a task of its own. It runs before the stages that
+    shuffle (SDS, dedup), so DataComp shards are scored in the tasks that read them."""
+    cfg = p.cfg
+    n_groups = max(1, math.ceil(p.n_ok / cfg.negclip.group_rows))
+    aligned = cfg.negclip.grouping == "shard" and cfg.input.kind == "datacomp"
+    keys = None
+    if not aligned:
+        if cfg.negclip.grouping == "shard":
+            groups = sorted(r["source"] for r in p.ok.select("source").distinct().collect())  # one per shard
+        else:
+            groups = [str(i) for i in range(n_groups)]
+        keys = one_partition_keys(p.spark, groups)
+    return df.transform(
+        with_negclip, cfg=cfg.negclip, dim=p.dim, n_groups=n_groups, aligned=aligned, partition_keys=keys,
+        keep_embeddings=p.keep_embeddings,
+    )  # fmt: skip
+
+
+def _negclip_lineage(p: Pass) -> dict[str, object]:
+    n = p.cfg.negclip
+    return {"tau": n.tau, "batch_size": n.batch_size, "rounds": n.rounds, "seed": n.seed, "grouping": n.grouping}
+
+
+def _clipselect_lineage(p: Pass) -> dict[str, object]:
+    return {"clipselect": json.dumps(p.adapters, sort_keys=True)} if p.adapters else {}
+
+
+def _apply_sds(df: DataFrame, p: Pass) -> DataFrame:
+    assert p.weights is not None  # the sas stage ran
+    return df.transform(with_sds, weights=p.weights, k=p.cfg.clipselect.k, group="image_cluster", key="uid")
+
+
+def _apply_dedup(df: DataFrame, p: Pass) -> DataFrame:
+    b = p.cfg.baselines
+    assert b.dedup_threshold is not None
+    duplicates = dedup_groups(df, rank=b.dedup_rank, threshold=b.dedup_threshold, dim=p.dim)
+    return df.join(duplicates, on="uid", how="left")
+
+
+def _apply_normsim2d(df: DataFrame, p: Pass) -> DataFrame:
+    ok = p.ok.select("uid", "image_emb", "text_emb")
+    survived = normsim2_dynamic_survival(ok, cfg=p.cfg.normsim2_dynamic, dim=p.dim, n_pool=p.n_ok)
+    return df.join(survived, on="uid", how="left")
+
+
+#: The score job's steps, in the order they run; the output columns and the lineage struct follow this order.
+#: To add a score: a kernel in ``udfs/kernels``, a transform, a config section, and one row here.
+STAGES: tuple[Stage, ...] = (
+    Stage("clip_score", lambda cfg: True, lambda cfg: {"clip_score": "double"}, _apply_clip_score),
+    Stage(
+        "normsim", lambda cfg: bool(cfg.normsim.targets), _normsim_columns, _apply_normsim,
+        lineage_ddl="targets: array<struct<name: string, sha256: string, rows: bigint>>",
+        lineage=lambda p: {"targets": _targets_lineage(p.targets)},
+    ),
+    Stage(
+        "caption_filters", _caption_filters_enabled, lambda cfg: CAPTION_COLUMNS, _apply_caption_filters,
+        lineage_ddl="baselines: string", lineage=_baselines_lineage, reads_embeddings=False,
+    ),
+    Stage("clusters", lambda cfg: cfg.needs_clusters, lambda cfg: CLUSTER_COLUMNS, _apply_clusters),
+    Stage(
+        "image_based", lambda cfg: cfg.baselines.image_based_target is not None, lambda cfg: IMAGE_BASED_COLUMNS,
+        _apply_image_based, reads_embeddings=False,
+    ),
+    Stage(
+        "sas", lambda cfg: cfg.clipselect.enabled, lambda cfg: {"sas": "double"}, _apply_sas,
+        lineage_ddl="clipselect: string", lineage=_clipselect_lineage,
+    ),
+    Stage(
+        "negclip", lambda cfg: cfg.negclip.enabled, lambda cfg: dict.fromkeys(NEGCLIP_COLUMNS, "double"),
+        _apply_negclip, lineage=_negclip_lineage, always_in_table=True,
+        lineage_ddl="tau: double, batch_size: int, rounds: int, seed: bigint, grouping: string",
+    ),
+    Stage("sds", lambda cfg: cfg.clipselect.enabled, lambda cfg: {"sds": "double"}, _apply_sds),
+    Stage(
+        "dedup", lambda cfg: cfg.baselines.dedup_threshold is not None, lambda cfg: DEDUP_COLUMNS, _apply_dedup
+    ),
+    Stage(
+        "normsim2_dynamic", lambda cfg: cfg.normsim2_dynamic.enabled, lambda cfg: {NORMSIM2D_COLUMN: "int"},
+        _apply_normsim2d, reads_embeddings=False,
+    ),
+)  # fmt: skip
+
+#: The ``lineage`` struct of every scored row: the teacher, then each stage's fields, then the code version.
+LINEAGE_DDL = "struct<teacher: string, normalized: boolean, {}, code_version: string>".format(
+    ", ".join(stage.lineage_ddl for stage in STAGES if stage.lineage_ddl)
+)
+
+
+def output_columns(cfg: ScoreConfig) -> dict[str, str]:
+    """The score columns of a run with ``cfg`` (name -> Spark SQL type), in table order."""
+    in_table = [stage for stage in STAGES if stage.enabled(cfg) or stage.always_in_table]
+    return {name: ddl for stage in in_table for name, ddl in stage.columns(cfg).items()}
+
+
 
 
 @dataclass(frozen=True)
@@ -135,8 +345,8 @@ def _score(raw: DataFrame, cfg: ScoreConfig) -> _Scored:
     spark = raw.sparkSession
     started_at = datetime.now(timezone.utc)
     targets = [io.load_target(t.name, t.path, t.key) for t in cfg.normsim.targets]
-    lineage = _lineage(cfg, targets)
-    run_id = cfg.run_id or derive_run_id(cfg, lineage)
+    code_version = clipsift.__version__
+    run_id = cfg.run_id or derive_run_id(cfg, {"targets": _targets_lineage(targets), "code_version": code_version})
 
     dim = cfg.input.expected_dim or io.detect_dim(raw, hint="set input.dim or check input.image_col")
     for t in targets:
@@ -149,102 +359,51 @@ def _score(raw: DataFrame, cfg: ScoreConfig) -> _Scored:
     flagged = checked.transform(with_duplicate_uids)
     ok = flagged.where(F.col("status") == STATUS.OK)
     n_ok = ok.count()
+    _check_dedup_rank(cfg, ok.columns)
 
-    scored = ok.transform(with_clip_score, dim=dim).transform(
-        with_normsim,
-        targets=handles,
-        norms=cfg.normsim.norms,
-        dim=dim,
-        signed=cfg.normsim.signed_inf,
-        block_size=cfg.normsim.block_size,
-    )
-    baselines = cfg.baselines
-    if baselines.basic or baselines.text_based or baselines.image_based_target:
-        scored = scored.transform(with_caption_filters, text_based=baselines.text_based)
-    if baselines.dedup_threshold is not None and baselines.dedup_rank not in scored.columns:
-        raise ConfigError("baselines.dedup_rank", f"use clip_score or a NormSim column; not '{baselines.dedup_rank}'")
-    if cfg.needs_clusters and n_ok:
-        k_bytes = min(baselines.kmeans.clusters, n_ok) * dim * 4
-        if k_bytes > cfg.normsim.closure_max_mb * (1 << 20) and cfg.normsim.staging_dir is None:
-            raise ConfigError(
-                "normsim.staging_dir",
-                f"the k-means centroids will take {k_bytes >> 20} MiB, over normsim.closure_max_mb; set "
-                "normsim.staging_dir to a folder every executor can read (they are staged there like a target)",
-            )
-        with job_description(spark, f"clipsift score {run_id}: k-means"):
-            fitted = fit_kmeans(ok, baselines.kmeans, n_ok)
-            centroids = centroid_handle(fitted, cfg.normsim.closure_max_mb, cfg.normsim.staging_dir)
-        lineage["kmeans_clusters"] = centroids.rows
-        scored = scored.transform(with_clusters, centroids=centroids, dim=dim)
-        if baselines.image_based_target is not None:
-            target = next(h for h in handles if h.name == baselines.image_based_target)
-            clusters = target_clusters(spark, target, centroids)
-            scored = scored.transform(with_image_based, clusters=clusters)
-    weights = _clipselect_adapters(cfg, dim, lineage) if cfg.clipselect.enabled and n_ok else None
-    if weights is not None:
-        scored = scored.transform(with_sas, weights=weights, prompts=None)
-    dedup_threshold = baselines.dedup_threshold if baselines.needs_clusters and n_ok else None
-    if cfg.negclip.enabled and n_ok:
-        # Scored before the shuffles below, so that DataComp shards are scored in the tasks that read them.
-        keep = dedup_threshold is not None or weights is not None
-        scored = scored.transform(_with_negclip, spark=spark, cfg=cfg, ok=ok, dim=dim, n_ok=n_ok, keep_embeddings=keep)
-    if weights is not None:
-        scored = scored.transform(with_sds, weights=weights, k=cfg.clipselect.k, group="image_cluster", key="uid")
-    if dedup_threshold is not None:
-        duplicates = dedup_groups(scored, rank=baselines.dedup_rank, threshold=dedup_threshold, dim=dim)
-        scored = scored.join(duplicates, on="uid", how="left")
+    p = Pass(spark=spark, cfg=cfg, dim=dim, ok=ok, n_ok=n_ok, targets=targets, handles=handles)
+    steps = [stage for stage in STAGES if stage.enabled(cfg)] if n_ok else []
+    last_reader = max((i for i, stage in enumerate(steps) if stage.reads_embeddings), default=-1)
+    scored = ok
+    for i, stage in enumerate(steps):
+        p.keep_embeddings = i < last_reader
+        with job_description(spark, f"clipsift score {run_id}: {stage.name}"):
+            scored = stage.apply(scored, p)
+        if i == last_reader:
+            scored = scored.drop("image_emb", "text_emb")
     scored = scored.drop("image_emb", "text_emb")
-    if cfg.normsim2_dynamic.enabled and n_ok:
-        survived = normsim2_dynamic_survival(
-            ok.select("uid", "image_emb", "text_emb"), cfg=cfg.normsim2_dynamic, dim=dim, n_pool=n_ok
-        )
-        scored = scored.join(survived, on="uid", how="left")
 
-    lineage["baselines"] = json.dumps(_baselines_lineage(cfg, lineage.pop("kmeans_clusters", None)), sort_keys=True)
+    lineage = {"teacher": _teacher(cfg), "normalized": True}
+    for stage in STAGES:
+        lineage.update(stage.lineage(p))
+    lineage["code_version"] = code_version
     rest = flagged.where(F.col("status") != STATUS.OK).drop("image_emb", "text_emb")
-    columns = _output_columns(cfg)
+    columns = output_columns(cfg)
     out = (
         scored.unionByName(rest, allowMissingColumns=True)
         .transform(_with_missing_columns, columns=columns)
-        .transform(with_lineage, run_id=run_id, lineage=lineage)
+        .transform(with_lineage, run_id=run_id, lineage=lineage, ddl=LINEAGE_DDL)
         .withColumn("scored_at", F.lit(started_at).cast("timestamp"))
-        .select(*_ordered(columns))
+        .select(*_ordered(list(columns)))
     )
     return _Scored(frame=out, run_id=run_id, rows_in=rows_in, lineage=lineage, checked=checked, started_at=started_at)
 
 
-def _with_negclip(
-    scored: DataFrame,
-    *,
-    spark: SparkSession,
-    cfg: ScoreConfig,
-    ok: DataFrame,
-    dim: int,
-    n_ok: int,
-    keep_embeddings: bool,
-) -> DataFrame:
-    """negCLIPLoss columns on the scored rows: in place on DataComp shards grouped by shard (each shard is one
-    task since the read), else through a shuffle that gives every group a task of its own."""
-    n_groups = max(1, math.ceil(n_ok / cfg.negclip.group_rows))
-    aligned = cfg.negclip.grouping == "shard" and cfg.input.kind == "datacomp"
-    keys = None
-    if not aligned:
-        if cfg.negclip.grouping == "shard":
-            groups = sorted(r["source"] for r in ok.select("source").distinct().collect())  # one per shard
-        else:
-            groups = [str(i) for i in range(n_groups)]
-        keys = one_partition_keys(spark, groups)
-    return scored.transform(
-        with_negclip, cfg=cfg.negclip, dim=dim, n_groups=n_groups, aligned=aligned, partition_keys=keys,
-        keep_embeddings=keep_embeddings,
-    )  # fmt: skip
+def _check_dedup_rank(cfg: ScoreConfig, pool_columns: Sequence[str]) -> None:
+    """``baselines.dedup_rank`` must be a column that exists when the dedup stage runs."""
+    rank = cfg.baselines.dedup_rank
+    if cfg.baselines.dedup_threshold is None:
+        return
+    before = [name for stage in STAGES[: [s.name for s in STAGES].index("dedup")] for name in stage.columns(cfg)]
+    if rank not in (*pool_columns, *before):
+        raise ConfigError("baselines.dedup_rank", f"use clip_score, negclip_loss or a NormSim column; not '{rank}'")
 
 
-def _clipselect_adapters(cfg: ScoreConfig, dim: int, lineage: dict[str, object]) -> AdapterWeights:
-    """The adapters of the label-free SAS/SDS: loaded from ``clipselect.adapters``, else identity."""
+def _clipselect_adapters(cfg: ScoreConfig, dim: int) -> tuple[AdapterWeights, dict[str, object]]:
+    """The adapters of the label-free SAS/SDS, loaded from ``clipselect.adapters`` (else identity), and where they
+    came from."""
     if cfg.clipselect.adapters is None:
-        lineage["clipselect"] = json.dumps({"k": cfg.clipselect.k, "adapters": "identity"})
-        return AdapterWeights.identity(dim)
+        return AdapterWeights.identity(dim), {"k": cfg.clipselect.k, "adapters": "identity"}
     try:
         from clipsift.udfs.adapters import load_adapters
     except ImportError as exc:
@@ -258,8 +417,7 @@ def _clipselect_adapters(cfg: ScoreConfig, dim: int, lineage: dict[str, object])
     if pair.dim != dim:
         raise ConfigError("clipselect.adapters", f"the adapters have dimension {pair.dim}, the pool {dim}")
     info = {"k": cfg.clipselect.k, "adapters": folder, "weights_sha256": provenance.get("weights_sha256")}
-    lineage["clipselect"] = json.dumps(info, sort_keys=True)
-    return AdapterWeights.from_pair(pair)
+    return AdapterWeights.from_pair(pair), info
 
 
 def one_partition_keys(spark: SparkSession, groups: Sequence[str]) -> dict[str, int] | None:
@@ -289,38 +447,11 @@ def derive_run_id(cfg: ScoreConfig, lineage: dict[str, object]) -> str:
     return f"run-{digest[:16]}"
 
 
-def _lineage(cfg: ScoreConfig, targets: Sequence[io.Target]) -> dict[str, object]:
-    teacher: str
+def _teacher(cfg: ScoreConfig) -> str:
+    """The embeddings' teacher, as lineage records it."""
     if cfg.input.kind == "datacomp":
-        teacher = cfg.input.arch
-    else:
-        teacher = f"table:{cfg.input.label}" + (f"#model_id={cfg.input.model}" if cfg.input.model else "")
-    return {
-        "teacher": teacher,
-        "normalized": True,
-        "tau": cfg.negclip.tau,
-        "batch_size": cfg.negclip.batch_size,
-        "rounds": cfg.negclip.rounds,
-        "seed": cfg.negclip.seed,
-        "grouping": cfg.negclip.grouping,
-        "targets": [{"name": t.name, "sha256": t.sha256, "rows": int(t.matrix.shape[0])} for t in targets],
-        "code_version": clipsift.__version__,
-    }
-
-
-def _baselines_lineage(cfg: ScoreConfig, kmeans_clusters: object) -> dict[str, object]:
-    """The baselines' settings and the identity of the models they use (language id, WordNet)."""
-    b = cfg.baselines
-    out: dict[str, object] = {"config": to_dict(b), "kmeans_clusters": kmeans_clusters}
-    if b.basic or b.text_based or b.image_based_target:
-        from clipsift.udfs.langid import langid_identity
-
-        out["langid"] = langid_identity()
-    if b.text_based:
-        from clipsift.udfs.wordnet import wordnet_identity
-
-        out["wordnet"] = wordnet_identity()
-    return out
+        return cfg.input.arch
+    return f"table:{cfg.input.label}" + (f"#model_id={cfg.input.model}" if cfg.input.model else "")
 
 
 def _handle(target: io.Target, cfg: NormSimConfig, rows_needed: bool = False) -> TargetHandle:
@@ -342,39 +473,6 @@ def _handle(target: io.Target, cfg: NormSimConfig, rows_needed: bool = False) ->
     return TargetHandle(target.name, target.sha256, int(target.matrix.shape[0]), moment, path=path)
 
 
-def _output_columns(cfg: ScoreConfig) -> list[str]:
-    cols = list(BASE_SCORE_COLUMNS)
-    for t in cfg.normsim.targets:
-        cols += [normsim_column(t.name, p) for p in cfg.normsim.norms]
-    if cfg.normsim2_dynamic.enabled:
-        cols.append(NORMSIM2D_COLUMN)
-    b = cfg.baselines
-    if b.basic or b.text_based or b.image_based_target:
-        cols += CAPTION_COLUMNS
-    if cfg.needs_clusters:
-        cols += CLUSTER_COLUMNS
-    if cfg.clipselect.enabled:
-        cols += CLIPSELECT_COLUMNS
-    if b.image_based_target:
-        cols.append("image_based_filter")
-    if b.dedup_threshold is not None:
-        cols += DEDUP_COLUMNS
-    return cols
-
-
-#: Types of the score columns that are not double (for the null columns of unscored rows).
-_COLUMN_TYPES = {
-    NORMSIM2D_COLUMN: "int",
-    "image_cluster": "int",
-    "caption_lang": "string",
-    "dedup_group": "string",
-    **dict.fromkeys(
-        ("basic_filter", "caption_in21k", "text_based_filter", "caption_prefilter", "image_based_filter", "dedup_kept"),
-        "boolean",
-    ),
-}
-
-
 def _ordered(score_columns: Sequence[str]) -> list[str]:
     return [
         "uid", "source", "source_row", "status", "error", *score_columns,
@@ -382,10 +480,10 @@ def _ordered(score_columns: Sequence[str]) -> list[str]:
     ]  # fmt: skip
 
 
-def _with_missing_columns(df: DataFrame, *, columns: Sequence[str]) -> DataFrame:
-    for c in columns:
-        if c not in df.columns:
-            df = df.withColumn(c, F.lit(None).cast(_COLUMN_TYPES.get(c, "double")))
+def _with_missing_columns(df: DataFrame, *, columns: dict[str, str]) -> DataFrame:
+    for name, ddl in columns.items():
+        if name not in df.columns:
+            df = df.withColumn(name, F.lit(None).cast(ddl))
     return df
 
 

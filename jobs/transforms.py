@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StructField, StructType
 
 from clipsift.jobs.config import NegClipConfig
-from clipsift.jobs.schemas import LINEAGE_DDL, STATUS
+from clipsift.jobs.schemas import STATUS
 from clipsift.udfs.clipselect import AdapterWeights, sas_batch_fn, sds_group_fn
 from clipsift.udfs.ingest import CHECKED_DDL, check_embeddings_fn
 from clipsift.udfs.score import (
@@ -25,9 +25,6 @@ from clipsift.udfs.score import (
     negclip_partition_fn,
     normsim_udf,
 )
-
-#: Score columns every score table has (null where the row was not scored or the score not asked for).
-BASE_SCORE_COLUMNS = ("clip_score", *NEGCLIP_COLUMNS)
 
 
 def with_checked_embeddings(df: DataFrame, *, dim: int) -> DataFrame:
@@ -162,11 +159,9 @@ def with_negclip(
     )
 
 
-def with_lineage(df: DataFrame, *, run_id: str, lineage: dict[str, object]) -> DataFrame:
-    """Add ``run_id`` and the ``lineage`` struct (teacher, τ, B, K, seed, grouping, targets, code version)."""
-    return df.withColumn("run_id", F.lit(run_id)).withColumn(
-        "lineage", F.from_json(F.lit(json.dumps(lineage)), LINEAGE_DDL)
-    )
+def with_lineage(df: DataFrame, *, run_id: str, lineage: dict[str, object], ddl: str) -> DataFrame:
+    """Add ``run_id`` and the ``lineage`` struct of type ``ddl`` (the score job's :data:`LINEAGE_DDL`)."""
+    return df.withColumn("run_id", F.lit(run_id)).withColumn("lineage", F.from_json(F.lit(json.dumps(lineage)), ddl))
 
 
 # --------------------------------------------------------------------------------------------------

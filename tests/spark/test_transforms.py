@@ -12,6 +12,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from clipsift.jobs.config import NegClipConfig
 from clipsift.jobs.schemas import POOL_DDL, STATUS
+from clipsift.jobs.score import LINEAGE_DDL
 from clipsift.jobs.transforms import (
     normsim_column,
     with_clip_score,
@@ -213,7 +214,9 @@ def test_with_lineage(spark: SparkSession) -> None:
         "grouping": "shard", "targets": [{"name": "t", "sha256": "abc", "rows": 5}], "code_version": "0.1.0",
         "baselines": '{"config": {"basic": true}}', "clipselect": '{"adapters": "identity", "k": 50}',
     }  # fmt: skip
-    df = spark.createDataFrame([("a",)], "uid string").transform(with_lineage, run_id="run-x", lineage=lineage)
+    df = spark.createDataFrame([("a",)], "uid string").transform(
+        with_lineage, run_id="run-x", lineage=lineage, ddl=LINEAGE_DDL
+    )
     (row,) = df.collect()
     assert row["run_id"] == "run-x"
     got = json.loads(json.dumps(row["lineage"].asDict(recursive=True)))
