@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from clipsift.jobs import io
-from clipsift.jobs.config import KMEANS_PARALLEL_MAX_K, ConfigError, KMeansConfig
+from clipsift.jobs.config import KMEANS_PARALLEL_MAX_K, KMeansConfig
 from clipsift.udfs.baselines import DEDUP_DDL, caption_filters_udf, dedup_group_fn, nearest_centroid_udf
 from clipsift.udfs.kernels import nearest_centroid
 from clipsift.udfs.score import TargetHandle, target_rows
@@ -58,23 +58,11 @@ def kmeans_init_mode(cfg: KMeansConfig, k: int) -> str:
 
 
 def centroid_handle(centroids: np.ndarray, closure_max_mb: int, staging_dir: str | None) -> TargetHandle:
-    """The centroids for the assignment UDF: in its closure when small, else staged like a NormSim target.
-
-    Raises:
-        ConfigError: when they are over ``normsim.closure_max_mb`` and no ``normsim.staging_dir`` is set.
-    """
+    """The centroids for the assignment UDF, shipped like a NormSim target (:func:`clipsift.jobs.io.ship_matrix`)."""
     digest = hashlib.sha256(centroids.tobytes()).hexdigest()
-    rows = int(centroids.shape[0])
-    if centroids.nbytes <= closure_max_mb * (1 << 20):
-        return TargetHandle("kmeans", digest, rows, np.zeros((1, 1)), matrix=centroids)
-    if staging_dir is None:
-        raise ConfigError(
-            "normsim.staging_dir",
-            f"the {rows:,} k-means centroids take {centroids.nbytes >> 20} MiB, over normsim.closure_max_mb="
-            f"{closure_max_mb}; set normsim.staging_dir to a folder every executor can read",
-        )
-    target = io.Target("kmeans-centroids", centroids, digest, "k-means", 0)
-    return TargetHandle("kmeans", digest, rows, np.zeros((1, 1)), path=io.stage_target(target, staging_dir))
+    return io.ship_matrix(
+        "kmeans", centroids, digest, moment=np.zeros((1, 1)), closure_max_mb=closure_max_mb, staging_dir=staging_dir
+    )
 
 
 def target_clusters(

@@ -44,10 +44,10 @@ from pyspark.sql import functions as F
 import clipsift
 from clipsift.jobs import io
 from clipsift.jobs.baselines import centroid_handle, fit_kmeans, with_clusters
-from clipsift.jobs.config import ClipSelectConfig, ConfigError, KMeansConfig, from_argv, to_dict
+from clipsift.jobs.config import ClipSelectConfig, KMeansConfig, to_dict
 from clipsift.jobs.embed import model_spec
 from clipsift.jobs.schemas import STATUS
-from clipsift.jobs.session import get_spark, job_description
+from clipsift.jobs.session import job_description, job_main
 from clipsift.jobs.transforms import with_criterion, with_minmax, with_sas, with_sds
 from clipsift.udfs.adapters import AdapterPair, apply_text, save_adapters, train_adapters
 from clipsift.udfs.clipselect import PACKED_DDL, AdapterWeights, pack_rows_fn, unpack_rows
@@ -315,15 +315,12 @@ def output_columns(cfg: ClipSelectConfig, n_ok: int) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: ``clipsift clipselect --config clipselect.yaml [--set key=value ...]``; 2 on a bad config."""
-    try:
-        cfg = from_argv(ClipSelectConfig, "clipsift clipselect", argv)
-        result = run(get_spark(cfg.spark.app_name, cfg.spark.conf), cfg)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"clipsift clipselect: {exc}", file=sys.stderr)
-        return 2
+    return job_main("clipsift clipselect", ClipSelectConfig, run, _summary, argv)
+
+
+def _summary(result: ClipSelectResult) -> str:
     statuses = ", ".join(f"{k}={v}" for k, v in sorted(result.by_status.items()))
-    print(f"clipsift clipselect: run {result.run_id}: {result.rows_in} rows in, {result.rows_out} out ({statuses})")
-    return 0
+    return f"clipsift clipselect: run {result.run_id}: {result.rows_in} rows in, {result.rows_out} out ({statuses})"
 
 
 if __name__ == "__main__":

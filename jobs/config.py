@@ -84,6 +84,8 @@ class Section:
 class JobConfig(Section):
     """Base of a job's whole config (:class:`ScoreConfig`, :class:`SelectConfig`, ...)."""
 
+    spark: SparkSettings
+
     @classmethod
     def from_yaml(cls: type[J], path: str | Path | None = None, overrides: Sequence[str] = ()) -> J:
         """Load from a YAML file plus ``a.b=value`` overrides, as ``--config`` / ``--set`` do.

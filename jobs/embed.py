@@ -32,9 +32,9 @@ from pyspark.sql import functions as F
 
 import clipsift
 from clipsift.jobs import io
-from clipsift.jobs.config import ConfigError, EmbedConfig, ModelConfig, from_argv, to_dict
+from clipsift.jobs.config import ConfigError, EmbedConfig, ModelConfig, to_dict
 from clipsift.jobs.schemas import STATUS
-from clipsift.jobs.session import get_spark, job_description, session_conf
+from clipsift.jobs.session import job_description, job_main, session_conf
 from clipsift.udfs.embed import RETRYABLE, embed_fn, output_ddl
 from clipsift.udfs.models import ModelIdentity, ModelLoadError, ModelSpec, identify
 
@@ -401,14 +401,7 @@ def _log_to_stderr() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: ``clipsift embed --config embed.yaml [--set key=value ...]``; 2 on a bad config or path."""
     _log_to_stderr()
-    try:
-        cfg = from_argv(EmbedConfig, "clipsift embed", argv)
-        result = run(get_spark(cfg.spark.app_name, cfg.spark.conf), cfg)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"clipsift embed: {exc}", file=sys.stderr)
-        return 2
-    print(summary(result))
-    return 0
+    return job_main("clipsift embed", EmbedConfig, run, summary, argv)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from clipsift.jobs.config import ClipSelectInputConfig, ConfigError, EmbedInputC
 from clipsift.jobs.schemas import POOL_ARROW, POOL_DDL, STATUS
 from clipsift.udfs.arrow import half_columns_fn
 from clipsift.udfs.ingest import METADATA_COLUMNS, METADATA_FIELDS
+from clipsift.udfs.score import TargetHandle
 
 # --------------------------------------------------------------------------------------------------
 # Paths and SQL names
@@ -616,15 +617,31 @@ def _load_torch(name: str, path: str, raw: _stdio.BytesIO, key: str | None) -> n
     return np.asarray(obj.detach().float().cpu().numpy())
 
 
-def stage_target(target: Target, staging_dir: str) -> str:
-    """Write a target as ``<staging_dir>/<name>-<sha>.npy`` (once) for executors to memory-map."""
+def ship_matrix(
+    name: str, matrix: np.ndarray, sha256: str, *, moment: np.ndarray, closure_max_mb: int, staging_dir: str | None
+) -> TargetHandle:
+    """A matrix for the executors (a NormSim target, k-means centroids): in the UDF closure when it is at most
+    ``closure_max_mb``, else written once to ``<staging_dir>/<name>-<sha>.npy`` for each worker to memory-map.
+
+    Raises:
+        ConfigError: (``normsim.staging_dir``) when it is larger and no staging folder is set.
+    """
+    rows = int(matrix.shape[0])
+    if matrix.nbytes <= closure_max_mb * (1 << 20):
+        return TargetHandle(name, sha256, rows, moment, matrix=matrix)
+    if staging_dir is None:
+        raise ConfigError(
+            "normsim.staging_dir",
+            f"'{name}' ({rows:,} rows) takes {matrix.nbytes >> 20} MiB, over normsim.closure_max_mb={closure_max_mb}; "
+            "set normsim.staging_dir to a folder every executor can read, or raise normsim.closure_max_mb",
+        )
     os.makedirs(staging_dir, exist_ok=True)
-    out = os.path.join(staging_dir, f"{target.name}-{target.sha256[:16]}.npy")
+    out = os.path.join(staging_dir, f"{name}-{sha256[:16]}.npy")
     if not os.path.exists(out):
         tmp = f"{out[: -len('.npy')]}.tmp{os.getpid()}.npy"
-        np.save(tmp, target.matrix)
+        np.save(tmp, matrix)
         os.replace(tmp, out)
-    return out
+    return TargetHandle(name, sha256, rows, moment, path=out)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -42,10 +42,10 @@ from clipsift.jobs.baselines import (
     with_clusters,
     with_image_based,
 )
-from clipsift.jobs.config import ConfigError, NormSimConfig, ScoreConfig, from_argv, scores_basis, to_dict
+from clipsift.jobs.config import ConfigError, NormSimConfig, ScoreConfig, scores_basis, to_dict
 from clipsift.jobs.normsim2d import normsim2_dynamic_survival
 from clipsift.jobs.schemas import STATUS
-from clipsift.jobs.session import get_spark, job_description
+from clipsift.jobs.session import job_description, job_main
 from clipsift.jobs.transforms import (
     normsim_column,
     with_checked_embeddings,
@@ -455,22 +455,15 @@ def _teacher(cfg: ScoreConfig) -> str:
 
 
 def _handle(target: io.Target, cfg: NormSimConfig, rows_needed: bool = False) -> TargetHandle:
-    """The target for the UDFs: its rows travel in the closure when small, else they are staged; NormSim₂
-    alone needs only the second moment, so without NormSim∞ (or the image-based baseline) no rows travel."""
+    """The target for the UDFs. NormSim₂ alone needs only the second moment, so without NormSim∞ (or the
+    image-based baseline) no rows travel; else they are shipped (:func:`clipsift.jobs.io.ship_matrix`)."""
     moment = second_moment(target.matrix)
-    small = target.matrix.nbytes <= cfg.closure_max_mb * (1 << 20)
     if not rows_needed and "inf" not in cfg.norms:
         return TargetHandle(target.name, target.sha256, int(target.matrix.shape[0]), moment)
-    if small:
-        return TargetHandle(target.name, target.sha256, int(target.matrix.shape[0]), moment, matrix=target.matrix)
-    if cfg.staging_dir is None:
-        raise ConfigError(
-            "normsim.staging_dir",
-            f"target '{target.name}' is {target.matrix.nbytes >> 20} MiB, over closure_max_mb="
-            f"{cfg.closure_max_mb}; set staging_dir to a folder every executor can read, or raise closure_max_mb",
-        )
-    path = io.stage_target(target, cfg.staging_dir)
-    return TargetHandle(target.name, target.sha256, int(target.matrix.shape[0]), moment, path=path)
+    return io.ship_matrix(
+        target.name, target.matrix, target.sha256, moment=moment, closure_max_mb=cfg.closure_max_mb,
+        staging_dir=cfg.staging_dir,
+    )  # fmt: skip
 
 
 def _ordered(score_columns: Sequence[str]) -> list[str]:
@@ -489,15 +482,12 @@ def _with_missing_columns(df: DataFrame, *, columns: dict[str, str]) -> DataFram
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: ``clipsift score --config score.yaml [--set key=value ...]``; 2 on a bad config or path."""
-    try:
-        cfg = from_argv(ScoreConfig, "clipsift score", argv)
-        result = run(get_spark(cfg.spark.app_name, cfg.spark.conf), cfg)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"clipsift score: {exc}", file=sys.stderr)
-        return 2
+    return job_main("clipsift score", ScoreConfig, run, _summary, argv)
+
+
+def _summary(result: ScoreResult) -> str:
     statuses = ", ".join(f"{k}={v}" for k, v in sorted(result.by_status.items()))
-    print(f"clipsift score: run {result.run_id}: {result.rows_in} rows in, {result.rows_out} out ({statuses})")
-    return 0
+    return f"clipsift score: run {result.run_id}: {result.rows_in} rows in, {result.rows_out} out ({statuses})"
 
 
 if __name__ == "__main__":

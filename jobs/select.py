@@ -22,11 +22,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from clipsift.jobs import io
-from clipsift.jobs.config import ConfigError, SelectConfig, SelectionConfig, from_argv, to_dict
+from clipsift.jobs.config import ConfigError, SelectConfig, SelectionConfig, to_dict
 from clipsift.jobs.cutoffs import Cutoff, keep_condition, keep_sql, sql_double, top_n_cutoff
 from clipsift.jobs.io import quote_ident, sql_string
 from clipsift.jobs.schemas import STATUS
-from clipsift.jobs.session import get_spark
+from clipsift.jobs.session import job_main
 from clipsift.jobs.transforms import CLIPSELECT_COLUMNS
 
 
@@ -253,15 +253,11 @@ def _record(spark: SparkSession, cfg: SelectConfig, run_id: str, results: Sequen
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: ``clipsift select --config select.yaml [--set key=value ...]``; 2 on a bad config or path."""
-    try:
-        cfg = from_argv(SelectConfig, "clipsift select", argv)
-        results = run(get_spark(cfg.spark.app_name, cfg.spark.conf), cfg)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"clipsift select: {exc}", file=sys.stderr)
-        return 2
-    for r in results:
-        print(f"clipsift select: {r.view}: {r.rows} of {r.pool_rows} rows ({r.rule})")
-    return 0
+    return job_main("clipsift select", SelectConfig, run, _summary, argv)
+
+
+def _summary(results: list[SelectionResult]) -> str:
+    return "\n".join(f"clipsift select: {r.view}: {r.rows} of {r.pool_rows} rows ({r.rule})" for r in results)
 
 
 if __name__ == "__main__":

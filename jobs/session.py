@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterator, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import metadata
+from typing import TypeVar
 
 import pandas  # noqa: F401  # imported up front: pyspark imports it lazily, and a late first import failed mid-run
 from pyspark.sql import SparkSession
+
+from clipsift.jobs.config import ConfigError, JobConfig, from_argv
+
+C = TypeVar("C", bound=JobConfig)
+R = TypeVar("R")
 
 #: Folder (or glob) of the Delta jars; set by `make setup`. Without it the jars come from spark.jars.packages.
 JARS_ENV = "CLIPSIFT_JARS"
@@ -92,3 +99,24 @@ def session_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[N
                 spark.conf.unset(key)
             else:
                 spark.conf.set(key, old)
+
+
+def job_main(
+    prog: str,
+    config: type[C],
+    run: Callable[[SparkSession, C], R],
+    summary: Callable[[R], str],
+    argv: Sequence[str] | None,
+) -> int:
+    """A job's entry point: its config from ``--config FILE [--set key=value ...]``, run on :func:`get_spark`'s
+    session, ``summary`` of the result printed. A bad config or a missing path is one line on stderr naming the
+    key or file, and exit status 2, before any Spark work.
+    """
+    try:
+        cfg = from_argv(config, prog, argv)
+        result = run(get_spark(cfg.spark.app_name, cfg.spark.conf), cfg)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    print(summary(result))
+    return 0

@@ -471,8 +471,9 @@ def test_score_main_bad_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import clipsift.jobs.score
+    import clipsift.jobs.session
 
-    monkeypatch.setattr(clipsift.jobs.score, "get_spark", _no_spark)
+    monkeypatch.setattr(clipsift.jobs.session, "get_spark", _no_spark)
     path = _write(tmp_path, SCORE_YAML)
     assert clipsift.jobs.score.main(["--config", str(path), "--set", "negclip.roundz=3"]) == 2
     captured = capsys.readouterr()
@@ -489,8 +490,9 @@ def test_score_main_missing_config_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import clipsift.jobs.score
+    import clipsift.jobs.session
 
-    monkeypatch.setattr(clipsift.jobs.score, "get_spark", _no_spark)
+    monkeypatch.setattr(clipsift.jobs.session, "get_spark", _no_spark)
     assert clipsift.jobs.score.main(["--config", str(tmp_path / "missing.yaml")]) == 2
     line = _one_line(capsys.readouterr().err)
     assert "missing.yaml" in line and "--config" in line
@@ -500,8 +502,9 @@ def test_select_main_bad_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import clipsift.jobs.select
+    import clipsift.jobs.session
 
-    monkeypatch.setattr(clipsift.jobs.select, "get_spark", _no_spark)
+    monkeypatch.setattr(clipsift.jobs.session, "get_spark", _no_spark)
     data = _select(
         {"name": "top", "rule": "top_fraction", "column": "c", "fraction": 0.3},
         {"name": "top", "rule": "threshold", "column": "c", "min": 0.1},

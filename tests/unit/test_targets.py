@@ -53,12 +53,20 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         load_target("list", str(tmp_path / "list.pt"))
 
 
-def test_stage_target_writes_once_for_workers_to_map(tmp_path: Path) -> None:
-    from clipsift.jobs.io import stage_target
+def test_ship_matrix_closure_or_staged_once_for_workers_to_map(tmp_path: Path) -> None:
+    from clipsift.jobs.config import ConfigError
+    from clipsift.jobs.io import ship_matrix
 
     np.save(tmp_path / "t.npy", _rows(2))
     target = load_target("t", str(tmp_path / "t.npy"))
-    staged = stage_target(target, str(tmp_path / "stage"))
-    assert stage_target(target, str(tmp_path / "stage")) == staged
-    assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == [Path(staged).name]
-    np.testing.assert_array_equal(np.load(staged, mmap_mode="r"), target.matrix)
+    moment = np.eye(2)
+    small = ship_matrix("t", target.matrix, target.sha256, moment=moment, closure_max_mb=1, staging_dir=None)
+    assert small.matrix is target.matrix and small.path is None
+    ship = {"moment": moment, "closure_max_mb": 0, "staging_dir": str(tmp_path / "stage")}
+    staged = ship_matrix("t", target.matrix, target.sha256, **ship)  # type: ignore[arg-type]
+    assert staged.matrix is None and staged.path is not None
+    assert ship_matrix("t", target.matrix, target.sha256, **ship).path == staged.path  # type: ignore[arg-type]
+    assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == [Path(staged.path).name]
+    np.testing.assert_array_equal(np.load(staged.path, mmap_mode="r"), target.matrix)
+    with pytest.raises(ConfigError, match=r"normsim\.staging_dir"):
+        ship_matrix("t", target.matrix, target.sha256, moment=moment, closure_max_mb=0, staging_dir=None)
