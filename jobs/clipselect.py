@@ -163,7 +163,7 @@ def run(spark: SparkSession, cfg: ClipSelectConfig) -> ClipSelectResult:
     if scored is not None:
         scored.unpersist()
 
-    written = io.read_delta(spark, cfg.output).where(F.col("run_id") == run_id)
+    written = io.read_table_ref(spark, cfg.output).where(F.col("run_id") == run_id)
     by_status = {r["status"]: int(r["count"]) for r in written.groupBy("status").count().collect()}
     rows_out = sum(by_status.values())
     seconds = time.time() - started

@@ -104,7 +104,7 @@ def run(spark: SparkSession, cfg: EmbedConfig) -> EmbedResult:
         kept, rejects = _split_rows(spark, cfg, keys)
         if exists and cfg.embed.retry_failed:
             _drop_retryable(spark, cfg, ident.model_id, kept)
-        done = io.read_delta(spark, cfg.output).where(model_filter).select("uid") if exists else None
+        done = io.read_table_ref(spark, cfg.output).where(model_filter).select("uid") if exists else None
         todo = kept if done is None else kept.join(done, on="uid", how="left_anti")
         todo = todo.persist(StorageLevel.MEMORY_AND_DISK)
         n_todo = todo.count()
@@ -131,7 +131,7 @@ def run(spark: SparkSession, cfg: EmbedConfig) -> EmbedResult:
 
     by_status: dict[str, int] = {}
     if n_todo:
-        mine = io.read_delta(spark, cfg.output).where(model_filter & (F.col("run_id") == run_id))
+        mine = io.read_table_ref(spark, cfg.output).where(model_filter & (F.col("run_id") == run_id))
         by_status = {r["status"]: int(r["count"]) for r in mine.groupBy("status").count().collect()}
     embedded = sum(by_status.values())
     seconds = time.time() - started
@@ -216,7 +216,7 @@ def _drop_retryable(spark: SparkSession, cfg: EmbedConfig, model_id: str, kept: 
     (so they are embedded again now); failed rows of uids outside this input stay as they are."""
     retry = ", ".join(io.sql_string(s) for s in RETRYABLE)
     failed = (
-        io.read_delta(spark, cfg.output)
+        io.read_table_ref(spark, cfg.output)
         .where((F.col("model_id") == model_id) & F.expr(f"image_status IN ({retry}) OR text_status IN ({retry})"))
         .select("uid")
         .join(kept.select("uid"), on="uid", how="left_semi")
@@ -238,7 +238,7 @@ def _write_rejects(
     condition = f"model_id = {io.sql_string(ident.model_id)} AND source IN ({listed})"
     io.replace_where(out, ref, condition, partition_by="model_id")
     spark = rejects.sparkSession
-    mine = io.read_delta(spark, ref).where((F.col("model_id") == ident.model_id) & F.col("source").isin(list(sources)))
+    mine = io.read_table_ref(spark, ref).where((F.col("model_id") == ident.model_id) & F.col("source").isin(list(sources)))
     return int(mine.count())
 
 

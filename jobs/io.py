@@ -225,7 +225,7 @@ def _status_batch(
 
 def read_table(spark: SparkSession, cfg: InputConfig) -> DataFrame:
     """Read an embedding table (by catalog name or path) as rows of the pool schema."""
-    df = spark.read.table(cfg.table) if cfg.table is not None else spark.read.format(cfg.format).load(cfg.path)
+    df = read_table_ref(spark, cfg)
     return as_pool(df, cfg)
 
 
@@ -310,7 +310,7 @@ def detect_dim(df: DataFrame, hint: str) -> int:
 
 def read_labelled_table(spark: SparkSession, cfg: ClipSelectInputConfig) -> DataFrame:
     """The input of ``clipsift clipselect`` as ``uid, image_emb, text_emb, label`` (text or label null by variant)."""
-    df = spark.read.table(cfg.table) if cfg.table is not None else spark.read.format(cfg.format).load(cfg.path)
+    df = read_table_ref(spark, cfg)
     wanted = [x for x in (cfg.uid_col, cfg.image_col, cfg.label_col, cfg.text_col) if x]
     missing = [x for x in wanted if x not in df.columns]
     if missing:
@@ -487,7 +487,7 @@ def _read_tar(
 
 def read_pairs_table(spark: SparkSession, cfg: EmbedInputConfig) -> DataFrame:
     """An image-caption table (bytes or paths) as rows of :data:`PAIRS_DDL`."""
-    df = spark.read.table(cfg.table) if cfg.table is not None else spark.read.format(cfg.format).load(cfg.path)
+    df = read_table_ref(spark, cfg)
     wanted = [c for c in (cfg.uid_col, cfg.caption_col, cfg.image_col, cfg.image_path_col) if c]
     missing = [c for c in wanted if c not in df.columns]
     if missing:
@@ -648,8 +648,8 @@ def ship_matrix(
 # Delta writes
 
 
-def read_delta(spark: SparkSession, ref: TableRef) -> DataFrame:
-    """Read a table by catalog name or path."""
+def read_table_ref(spark: SparkSession, ref: TableRef) -> DataFrame:
+    """A table by catalog name, or by path in its format (the input configs are table references too)."""
     if ref.table is not None:
         return spark.read.table(ref.table)
     return spark.read.format(ref.format).load(ref.path)

@@ -294,7 +294,7 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
     io.replace_partition(scored.frame, cfg.output, "run_id", run_id)
     scored.checked.unpersist()
 
-    written = io.read_delta(spark, cfg.output).where(F.col("run_id") == run_id)
+    written = io.read_table_ref(spark, cfg.output).where(F.col("run_id") == run_id)
     by_status = {r["status"]: int(r["count"]) for r in written.groupBy("status").count().collect()}
     rows_out = sum(by_status.values())
     if cfg.baselines.dedup_threshold is not None:

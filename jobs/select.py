@@ -46,7 +46,7 @@ class SelectionResult:
 def run(spark: SparkSession, cfg: SelectConfig) -> list[SelectionResult]:
     """Create (or replace) every selection's view over one run of the score table."""
     run_id = cfg.run_id or latest_run(spark, cfg)
-    scores = io.read_delta(spark, cfg.scores)
+    scores = io.read_table_ref(spark, cfg.scores)
     pool = scores.where((F.col("run_id") == run_id) & (F.col("status") == STATUS.OK))
     pool_rows = pool.count()
     if pool_rows == 0:
@@ -91,7 +91,7 @@ def latest_run(spark: SparkSession, cfg: SelectConfig) -> str:
     runs_ref = io.sibling(cfg.scores, "runs")
     if not io.table_exists(spark, runs_ref):
         raise ValueError(f"no runs table '{runs_ref.label}' beside {cfg.scores.label}; run clipsift score first")
-    row = io.read_delta(spark, runs_ref).orderBy(F.col("started_at").desc()).select("run_id").first()
+    row = io.read_table_ref(spark, runs_ref).orderBy(F.col("started_at").desc()).select("run_id").first()
     if row is None:
         raise ValueError(f"runs table '{runs_ref.label}' is empty; run clipsift score first")
     return str(row["run_id"])
@@ -246,7 +246,7 @@ def _record(spark: SparkSession, cfg: SelectConfig, run_id: str, results: Sequen
     names = ", ".join(sql_string(r.name) for r in results)
     if io.table_exists(spark, ref):
         # Replace this run's rows for these selection names; keep the others.
-        old = io.read_delta(spark, ref).where(~((F.col("run_id") == run_id) & F.expr(f"name IN ({names})")))
+        old = io.read_table_ref(spark, ref).where(~((F.col("run_id") == run_id) & F.expr(f"name IN ({names})")))
         df = old.unionByName(df).localCheckpoint()
     io.overwrite_table(df, ref)
 

@@ -69,7 +69,7 @@ print(embed.summary(result))
 
 # COMMAND ----------
 
-embeddings = io.read_delta(spark, cfg.output).where(F.col("model_id") == result.model_id)
+embeddings = io.read_table_ref(spark, cfg.output).where(F.col("model_id") == result.model_id)
 display(
     embeddings.groupBy("status", "image_status", "text_status")
     .agg(
@@ -106,7 +106,7 @@ display(
 
 # COMMAND ----------
 
-runs = io.read_delta(spark, io.sibling(cfg.output, "runs"))
+runs = io.read_table_ref(spark, io.sibling(cfg.output, "runs"))
 display(runs.orderBy(F.col("started_at").desc()))
 
 # COMMAND ----------
@@ -119,7 +119,7 @@ display(runs.orderBy(F.col("started_at").desc()))
 
 # COMMAND ----------
 
-rejects = io.read_delta(spark, io.sibling(cfg.output, "rejects")).where(F.col("model_id") == result.model_id)
+rejects = io.read_table_ref(spark, io.sibling(cfg.output, "rejects")).where(F.col("model_id") == result.model_id)
 display(
     rejects.groupBy("status")
     .agg(F.count("*").alias("rows"), F.first("error", ignorenulls=True).alias("example_error"))

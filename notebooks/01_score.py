@@ -64,7 +64,7 @@ print(
 
 # COMMAND ----------
 
-runs = io.read_delta(spark, io.sibling(cfg.output, "runs"))
+runs = io.read_table_ref(spark, io.sibling(cfg.output, "runs"))
 display(runs.orderBy(F.col("started_at").desc()))
 
 # COMMAND ----------
@@ -75,7 +75,7 @@ display(runs.orderBy(F.col("started_at").desc()))
 
 # COMMAND ----------
 
-this_run = io.read_delta(spark, cfg.output).where(F.col("run_id") == result.run_id)
+this_run = io.read_table_ref(spark, cfg.output).where(F.col("run_id") == result.run_id)
 display(
     this_run.groupBy("status")
     .agg(F.count("*").alias("rows"), F.first("error", ignorenulls=True).alias("example_error"))

@@ -29,7 +29,7 @@ dbutils.widgets.text("metadata", "", "DataComp metadata folder (empty: the run's
 
 cfg = load(SelectConfig, dbutils.widgets.get("config"))
 run_id = dbutils.widgets.get("run_id") or cfg.run_id or select.latest_run(spark, cfg)
-scores = io.read_delta(spark, cfg.scores).where(F.col("run_id") == run_id)
+scores = io.read_table_ref(spark, cfg.scores).where(F.col("run_id") == run_id)
 score_columns = [c for c in scores.columns if c in BASE_SCORE_COLUMNS or c.startswith("normsim_")]
 normsim_inf = [c for c in score_columns if c.startswith("normsim_inf_")]
 scores.createOrReplaceTempView("run_scores")
@@ -42,7 +42,7 @@ print(f"{cfg.scores.label}, run {run_id}: score columns {score_columns}")
 
 # COMMAND ----------
 
-runs = io.read_delta(spark, io.sibling(cfg.scores, "runs")).where(F.col("run_id") == run_id)
+runs = io.read_table_ref(spark, io.sibling(cfg.scores, "runs")).where(F.col("run_id") == run_id)
 display(runs.select("run_id", "started_at", "seconds", "input", "rows", "rows_by_status", "lineage", "code_version"))
 
 # COMMAND ----------

@@ -234,12 +234,12 @@ def test_replace_partition_is_rerunnable(spark: SparkSession, tmp_path: Path) ->
     io.replace_partition(frame("r2", [9.0]), ref, "run_id", "r2")
     io.replace_partition(frame("r1", [4.0, 5.0]), ref, "run_id", "r1")  # rerun of r1: replaces, never appends
     assert io.table_exists(spark, ref)
-    got = sorted((r["run_id"], r["uid"], r["s"]) for r in io.read_delta(spark, ref).collect())
+    got = sorted((r["run_id"], r["uid"], r["s"]) for r in io.read_table_ref(spark, ref).collect())
     assert got == [("r1", "u0", 4.0), ("r1", "u1", 5.0), ("r2", "u0", 9.0)]
 
     wider = frame("r3", [7.0]).withColumn("extra", F.lit(1))
     io.replace_partition(wider, ref, "run_id", "r3")  # new columns merge into the schema
-    df = io.read_delta(spark, ref)
+    df = io.read_table_ref(spark, ref)
     assert "extra" in df.columns and df.count() == 4
 
 
@@ -247,7 +247,7 @@ def test_overwrite_table(spark: SparkSession, tmp_path: Path) -> None:
     ref = TableRef(path=str(tmp_path / "sel"))
     io.overwrite_table(spark.createDataFrame([("a",), ("b",)], "uid string"), ref)
     io.overwrite_table(spark.createDataFrame([("c", 1)], "uid string, n int"), ref)
-    assert [tuple(r) for r in io.read_delta(spark, ref).collect()] == [("c", 1)]
+    assert [tuple(r) for r in io.read_table_ref(spark, ref).collect()] == [("c", 1)]
 
 
 def test_names() -> None:

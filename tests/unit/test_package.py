@@ -47,6 +47,9 @@ def test_the_wheel_installs_clipsift_jobs_and_udfs_and_no_top_level_jobs(wheel: 
     for module in ("clipsift/__init__.py", "clipsift/__main__.py", "clipsift/py.typed", "clipsift/jobs/score.py",
                    "clipsift/udfs/kernels/negclip.py", "clipsift/udfs/embed.py"):  # fmt: skip
         assert module in names
+    for top in ("jobs", "udfs"):  # every module of the checkout is in the wheel (a new subpackage needs listing)
+        for source in (ROOT / top).rglob("*.py"):
+            assert f"clipsift/{source.relative_to(ROOT).as_posix()}" in names, source
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "clipsift = clipsift.jobs.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
 

@@ -1,0 +1,69 @@
+"""Job configuration: frozen dataclasses loaded from YAML, strict about keys, types and ranges.
+
+One module per job over one loader: :mod:`.base` (errors, the validating :class:`Section` base, the YAML and
+``--set`` loader, :class:`TableRef`, :class:`SparkSettings`), :mod:`.score`, :mod:`.select`, :mod:`.embed`,
+:mod:`.clipselect`. Everything is importable from here.
+"""
+
+from clipsift.jobs.config.base import (
+    NOT_SCORED,
+    ConfigError,
+    JobConfig,
+    Section,
+    SparkSettings,
+    TableRef,
+    from_argv,
+    from_dict,
+    load,
+    scores_basis,
+    to_dict,
+)
+from clipsift.jobs.config.clipselect import AdapterTrainingConfig, ClipSelectConfig, ClipSelectInputConfig
+from clipsift.jobs.config.embed import EmbedConfig, EmbedInputConfig, EmbedOptions, ModelConfig
+from clipsift.jobs.config.score import (
+    KMEANS_PARALLEL_MAX_K,
+    BaselinesConfig,
+    InputConfig,
+    KMeansConfig,
+    NegClipConfig,
+    NormSim2DConfig,
+    NormSimConfig,
+    ScoreClipSelectConfig,
+    ScoreConfig,
+    TargetConfig,
+)
+from clipsift.jobs.config.select import RULES, SelectConfig, SelectionConfig
+
+__all__ = [
+    "KMEANS_PARALLEL_MAX_K",
+    "NOT_SCORED",
+    "RULES",
+    "AdapterTrainingConfig",
+    "BaselinesConfig",
+    "ClipSelectConfig",
+    "ClipSelectInputConfig",
+    "ConfigError",
+    "EmbedConfig",
+    "EmbedInputConfig",
+    "EmbedOptions",
+    "InputConfig",
+    "JobConfig",
+    "KMeansConfig",
+    "ModelConfig",
+    "NegClipConfig",
+    "NormSim2DConfig",
+    "NormSimConfig",
+    "ScoreClipSelectConfig",
+    "ScoreConfig",
+    "Section",
+    "SelectConfig",
+    "SelectionConfig",
+    "SparkSettings",
+    "TableRef",
+    "TargetConfig",
+    "from_argv",
+    "from_dict",
+    "load",
+    "scores_basis",
+    "to_dict",
+]
