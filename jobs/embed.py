@@ -238,7 +238,9 @@ def _write_rejects(
     condition = f"model_id = {io.sql_string(ident.model_id)} AND source IN ({listed})"
     io.replace_where(out, ref, condition, partition_by="model_id")
     spark = rejects.sparkSession
-    mine = io.read_table_ref(spark, ref).where((F.col("model_id") == ident.model_id) & F.col("source").isin(list(sources)))
+    mine = io.read_table_ref(spark, ref).where(
+        (F.col("model_id") == ident.model_id) & F.col("source").isin(list(sources))
+    )
     return int(mine.count())
 
 
