@@ -26,8 +26,8 @@ COMMANDS = {
     "score": "clipsift.jobs.score",
     "clipselect": "clipsift.jobs.clipselect",
     "select": "clipsift.jobs.select",
-    "synth": "clipsift.jobs.synth",
-    "demo": "clipsift.jobs.demo",
+    "synth": "clipsift.jobs.demo.synth",
+    "demo": "clipsift.jobs.demo.job",
 }
 
 

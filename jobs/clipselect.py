@@ -46,13 +46,13 @@ from clipsift.jobs import io
 from clipsift.jobs.baselines import centroid_handle, fit_kmeans, with_clusters
 from clipsift.jobs.config import ClipSelectConfig, KMeansConfig, to_dict
 from clipsift.jobs.embed import model_spec
-from clipsift.jobs.schemas import STATUS
 from clipsift.jobs.session import job_description, job_main
 from clipsift.jobs.transforms import with_criterion, with_minmax, with_sas, with_sds
 from clipsift.udfs.adapters import AdapterPair, apply_text, save_adapters, train_adapters
 from clipsift.udfs.clipselect import PACKED_DDL, AdapterWeights, pack_rows_fn, unpack_rows
 from clipsift.udfs.kernels.clipselect import optimise_selection
 from clipsift.udfs.models import ClipEncoder, get_model
+from clipsift.udfs.schemas import STATUS
 
 MISSING_LABEL = "missing_label"
 BAD_LABEL = "bad_label"

@@ -33,10 +33,11 @@ from pyspark.sql import functions as F
 import clipsift
 from clipsift.jobs import io
 from clipsift.jobs.config import ConfigError, EmbedConfig, ModelConfig, to_dict
-from clipsift.jobs.schemas import STATUS
 from clipsift.jobs.session import job_description, job_main, session_conf
 from clipsift.udfs.embed import RETRYABLE, embed_fn, output_ddl
 from clipsift.udfs.models import ModelIdentity, ModelLoadError, ModelSpec, identify
+from clipsift.udfs.readers import read_bytes
+from clipsift.udfs.schemas import STATUS
 
 LOG = logging.getLogger("clipsift.embed")
 
@@ -114,7 +115,7 @@ def run(spark: SparkSession, cfg: EmbedConfig) -> EmbedResult:
     LOG.info("run %s: %d rows in, %d already embedded, %d rejected, %d to embed", run_id, rows_in, already_done,
              n_rejected, n_todo)  # fmt: skip
 
-    udf = embed_fn(spec, cfg.embed, fetch=io.read_bytes)
+    udf = embed_fn(spec, cfg.embed, fetch=read_bytes)
     # Arrow batches of one image batch each: the UDF's batches line up with the model's.
     arrow_batch = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.embed.image_batch_size)}
     try:
@@ -312,7 +313,7 @@ def uid_bounds(todo: DataFrame, n_chunks: int, n_todo: int, sample_per_chunk: in
 def _embed(
     rows: DataFrame, udf: object, cfg: EmbedConfig, ident: ModelIdentity, run_id: str, started_at: datetime
 ) -> DataFrame:
-    """Embed rows of :data:`io.PAIRS_DDL` and add provenance: the table's columns, in order."""
+    """Embed rows of :data:`~clipsift.udfs.schemas.PAIRS_DDL` and add provenance: the table's columns, in order."""
     image_col = "image" if cfg.input.image_path_col is None else "image_path"
     out = rows.select("uid", "caption", image_col, *PASSTHROUGH).mapInArrow(
         udf,  # type: ignore[arg-type]

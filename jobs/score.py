@@ -44,7 +44,6 @@ from clipsift.jobs.baselines import (
 )
 from clipsift.jobs.config import ConfigError, NormSimConfig, ScoreConfig, scores_basis, to_dict
 from clipsift.jobs.normsim2d import normsim2_dynamic_survival
-from clipsift.jobs.schemas import STATUS
 from clipsift.jobs.session import job_description, job_main
 from clipsift.jobs.transforms import (
     normsim_column,
@@ -58,8 +57,8 @@ from clipsift.jobs.transforms import (
     with_sds,
 )
 from clipsift.udfs.clipselect import AdapterWeights
-from clipsift.udfs.ingest import METADATA_COLUMNS
 from clipsift.udfs.kernels import second_moment
+from clipsift.udfs.schemas import METADATA_COLUMNS, STATUS
 from clipsift.udfs.score import NEGCLIP_COLUMNS, TargetHandle
 
 NORMSIM2D_COLUMN = "normsim2d_survived"

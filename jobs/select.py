@@ -25,9 +25,9 @@ from clipsift.jobs import io
 from clipsift.jobs.config import ConfigError, SelectConfig, SelectionConfig, to_dict
 from clipsift.jobs.cutoffs import Cutoff, keep_condition, keep_sql, sql_double, top_n_cutoff
 from clipsift.jobs.io import quote_ident, sql_string
-from clipsift.jobs.schemas import STATUS
 from clipsift.jobs.session import job_main
 from clipsift.jobs.transforms import CLIPSELECT_COLUMNS
+from clipsift.udfs.schemas import STATUS
 
 
 @dataclass(frozen=True)

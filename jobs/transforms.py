@@ -13,9 +13,9 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StructField, StructType
 
 from clipsift.jobs.config import NegClipConfig
-from clipsift.jobs.schemas import STATUS
 from clipsift.udfs.clipselect import AdapterWeights, sas_batch_fn, sds_group_fn
-from clipsift.udfs.ingest import CHECKED_DDL, check_embeddings_fn
+from clipsift.udfs.ingest import check_embeddings_fn
+from clipsift.udfs.schemas import CHECKED_DDL, STATUS
 from clipsift.udfs.score import (
     NEGCLIP_COLUMNS,
     NegClipSettings,

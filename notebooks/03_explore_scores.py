@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 
 from clipsift.jobs import io, select
 from clipsift.jobs.config import SelectConfig, load
-from clipsift.jobs.schemas import STATUS
+from clipsift.udfs.schemas import STATUS
 from clipsift.jobs.transforms import BASE_SCORE_COLUMNS
 
 # COMMAND ----------

@@ -13,30 +13,7 @@ import pyarrow as pa
 
 from clipsift.udfs.arrow import from_matrix
 from clipsift.udfs.kernels import l2_normalize
-
-OK = "ok"
-NULL_UID = "null_uid"
-NULL_EMBEDDING = "null_embedding"
-BAD_DIMENSION = "bad_dimension"
-NON_FINITE = "non_finite_embedding"
-ZERO_NORM = "zero_norm"
-
-#: Pair metadata carried from the pool to the score table (DataComp's parquet names; null where unknown).
-METADATA_FIELDS: tuple[tuple[str, pa.DataType, str], ...] = (
-    ("text", pa.string(), "string"),
-    ("original_width", pa.int32(), "int"),
-    ("original_height", pa.int32(), "int"),
-    ("clip_b32_similarity_score", pa.float64(), "double"),
-    ("clip_l14_similarity_score", pa.float64(), "double"),
-)
-METADATA_COLUMNS = tuple(name for name, _, _ in METADATA_FIELDS)
-METADATA_DDL = ", ".join(f"{name} {ddl}" for name, _, ddl in METADATA_FIELDS)
-
-#: Output of :func:`check_embeddings_fn` (Spark DDL).
-CHECKED_DDL = (
-    "uid string, source string, source_row long, image_emb array<float>, text_emb array<float>, "
-    f"status string, error string, image_norm double, text_norm double, {METADATA_DDL}"
-)
+from clipsift.udfs.schemas import CHECKED_ARROW, METADATA_COLUMNS, STATUS
 
 
 def check_column(arr: pa.Array, dim: int, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -58,11 +35,11 @@ def check_column(arr: pa.Array, dim: int, what: str) -> tuple[np.ndarray, np.nda
     valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     offsets = arr.offsets.to_numpy()
     lengths = np.diff(offsets)
-    status[~valid] = NULL_EMBEDDING
+    status[~valid] = STATUS.NULL_EMBEDDING
     error[~valid] = f"{what} embedding is null"
     wrong = valid & (lengths != dim)
     for i in np.flatnonzero(wrong):
-        status[i] = BAD_DIMENSION
+        status[i] = STATUS.BAD_DIMENSION
         error[i] = f"{what} embedding has {lengths[i]} values, expected {dim}"
     rows = np.flatnonzero(valid & (lengths == dim))
     if rows.size:
@@ -72,9 +49,9 @@ def check_column(arr: pa.Array, dim: int, what: str) -> tuple[np.ndarray, np.nda
         normalized, norms = l2_normalize(np.where(finite[:, None], mat, 0.0))
         zero = finite & (norms == 0)
         bad = rows[~finite]
-        status[bad] = NON_FINITE
+        status[bad] = STATUS.NON_FINITE
         error[bad] = f"{what} embedding holds NaN, infinite or null values"
-        status[rows[zero]] = ZERO_NORM
+        status[rows[zero]] = STATUS.ZERO_NORM
         error[rows[zero]] = f"{what} embedding has zero norm"
         good = finite & ~zero
         unit[rows[good]] = normalized[good]
@@ -90,17 +67,17 @@ def check_batch(batch: pa.RecordBatch, dim: int) -> pa.RecordBatch:
     uid_null = np.asarray(batch.column("uid").is_null().to_numpy(zero_copy_only=False), dtype=bool)
     img_s, img_e, img, img_n = check_column(batch.column("image_emb"), dim, "image")
     txt_s, txt_e, txt, txt_n = check_column(batch.column("text_emb"), dim, "text")
-    status = np.full(n, OK, dtype=object)
+    status = np.full(n, STATUS.OK, dtype=object)
     error = np.full(n, None, dtype=object)
     uid_s = np.full(n, None, dtype=object)
     uid_e = np.full(n, None, dtype=object)
-    uid_s[uid_null] = NULL_UID
+    uid_s[uid_null] = STATUS.NULL_UID
     uid_e[uid_null] = "uid is null"
     for s, e in reversed([(load_status, load_error), (uid_s, uid_e), (img_s, img_e), (txt_s, txt_e)]):
         has = s != None  # noqa: E711 - elementwise comparison on an object array
         status[has] = s[has]
         error[has] = e[has]
-    ok = status == OK
+    ok = status == STATUS.OK
     return pa.RecordBatch.from_arrays(
         [
             batch.column("uid"),
@@ -114,18 +91,7 @@ def check_batch(batch: pa.RecordBatch, dim: int) -> pa.RecordBatch:
             pa.array(np.where(ok, txt_n, np.nan), pa.float64(), mask=~ok),
             *(batch.column(name) for name in METADATA_COLUMNS),
         ],
-        names=[
-            "uid",
-            "source",
-            "source_row",
-            "image_emb",
-            "text_emb",
-            "status",
-            "error",
-            "image_norm",
-            "text_norm",
-            *METADATA_COLUMNS,
-        ],
+        names=CHECKED_ARROW.names,
     )
 
 
@@ -138,7 +104,8 @@ def _masked_lists(mat: np.ndarray, keep: np.ndarray) -> pa.Array:
 
 
 def check_embeddings_fn(dim: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """``mapInArrow`` function from pool rows (``POOL_DDL``) to checked rows (:data:`CHECKED_DDL`)."""
+    """``mapInArrow`` function from pool rows (``POOL_DDL``) to checked rows (``CHECKED_DDL``), both in
+    :mod:`clipsift.udfs.schemas`."""
 
     def check_embeddings(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:

@@ -21,7 +21,7 @@ from clipsift.jobs.config.base import (
     check_positive,
     join_key,
 )
-from clipsift.udfs.ingest import METADATA_COLUMNS
+from clipsift.udfs.schemas import METADATA_COLUMNS
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """negCLIPLoss and NormSim through Spark (``local[2]``), on the same pool as the kernel benchmarks.
 
-* The whole score job, :func:`clipsift.jobs.score.run`, on a synthetic DataComp pool (``clipsift.jobs.synth``), no
+* The whole score job, :func:`clipsift.jobs.score.run`, on a synthetic DataComp pool (``clipsift.jobs.demo.synth``), no
   NormSim targets, once with negCLIPLoss and once without: the difference is the negCLIPLoss part
   of the job (an estimate: the two runs share their read, checks and Delta write).
 * The negCLIPLoss stage alone: :func:`clipsift.jobs.transforms.with_negclip` on the pool's ``ok`` rows,
@@ -76,8 +76,8 @@ def build_session(workdir: Path) -> Any:
 
 
 def write_pool(out_dir: Path, sizes: Sizes) -> Path:
-    """A synthetic DataComp pool (``clipsift.jobs.synth``): ``sizes.shards`` shards, b32 arrays of dimension d."""
-    from clipsift.jobs.synth import SynthSpec, generate_pool
+    """A synthetic DataComp pool (``clipsift.jobs.demo.synth``): ``sizes.shards`` shards, b32 arrays of dimension d."""
+    from clipsift.jobs.demo.synth import SynthSpec, generate_pool
 
     spec = SynthSpec(n_rows=sizes.pool_rows, n_shards=sizes.shards, dim=sizes.dim, seed=SEED)
     generate_pool(out_dir, spec)
@@ -223,8 +223,8 @@ def negclip_stage(
     from pyspark.sql import functions as F
 
     from clipsift.jobs import io
-    from clipsift.jobs.schemas import STATUS
     from clipsift.jobs.transforms import negclip_groups, with_negclip, with_status
+    from clipsift.udfs.schemas import STATUS
 
     rep = Report()
     cfg = score_config(pool_dir, workdir / "unused", sizes, negclip=True)

@@ -15,8 +15,8 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from clipsift.jobs.config import ScoreConfig, from_dict
+from clipsift.jobs.demo.synth import SynthSpec, generate_pool, generate_target
 from clipsift.jobs.score import ScoreResult, run
-from clipsift.jobs.synth import SynthSpec, generate_pool, generate_target
 from clipsift.udfs.kernels import l2_normalize
 
 SPEC = SynthSpec(n_rows=800, n_shards=2, dim=32, n_concepts=8, seed=3)

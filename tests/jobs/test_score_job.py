@@ -20,9 +20,9 @@ from pyspark.sql import functions as F
 
 from clipsift.jobs import io
 from clipsift.jobs.config import ScoreConfig, TableRef, from_dict
-from clipsift.jobs.schemas import STATUS
 from clipsift.jobs.score import NORMSIM2D_COLUMN, run
 from clipsift.udfs.kernels import batch_plan, clip_score, l2_normalize, negclip_loss, normsim, normsim2_dynamic
+from clipsift.udfs.schemas import STATUS
 
 SCORE_COLUMNS = ["clip_score", "negclip_loss", "negclip_r_i2t", "negclip_r_t2i"]
 ATOL = 1e-6

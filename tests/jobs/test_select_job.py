@@ -12,8 +12,8 @@ import pytest
 from pyspark.sql import SparkSession
 
 from clipsift.jobs.config import ConfigError, SelectConfig, from_dict
-from clipsift.jobs.schemas import STATUS
 from clipsift.jobs.select import run
+from clipsift.udfs.schemas import STATUS
 
 PREFIX = "sj_"
 

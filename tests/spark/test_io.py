@@ -16,8 +16,8 @@ from pyspark.sql import functions as F
 
 from clipsift.jobs import io
 from clipsift.jobs.config import InputConfig, TableRef
-from clipsift.jobs.schemas import POOL_DDL, STATUS
-from clipsift.udfs.ingest import METADATA_COLUMNS
+from clipsift.udfs.readers import arrow_path
+from clipsift.udfs.schemas import METADATA_COLUMNS, POOL_DDL, STATUS
 
 DIM = 4
 
@@ -257,9 +257,9 @@ def test_names() -> None:
     assert io.sql_string("it's \\ ok") == "'it\\'s \\\\ ok'"
     assert io.sibling(TableRef(path="/x/scores/"), "runs") == TableRef(path="/x/scores_runs")
     assert io.sibling(TableRef(table="db.scores"), "runs") == TableRef(table="db.scores_runs")
-    _fs, local = io.arrow_path("dbfs:/mnt/x")
+    _fs, local = arrow_path("dbfs:/mnt/x")
     assert local == "/dbfs/mnt/x"
-    assert io.arrow_path("file:///tmp/a")[1] == "/tmp/a"
+    assert arrow_path("file:///tmp/a")[1] == "/tmp/a"
 
 
 def test_write_subset_npy(tmp_path: Path) -> None:

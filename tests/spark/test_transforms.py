@@ -11,7 +11,6 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 
 from clipsift.jobs.config import NegClipConfig
-from clipsift.jobs.schemas import POOL_DDL, STATUS
 from clipsift.jobs.score import LINEAGE_DDL
 from clipsift.jobs.transforms import (
     normsim_column,
@@ -21,8 +20,8 @@ from clipsift.jobs.transforms import (
     with_normsim,
     with_status,
 )
-from clipsift.udfs.ingest import METADATA_COLUMNS
 from clipsift.udfs.kernels import batch_plan, negclip_loss, normsim, second_moment
+from clipsift.udfs.schemas import METADATA_COLUMNS, POOL_DDL, STATUS
 from clipsift.udfs.score import TargetHandle
 
 DIM = 4

@@ -19,7 +19,8 @@ from pyspark.sql import SparkSession
 
 from clipsift.jobs import io
 from clipsift.jobs.config import EmbedInputConfig
-from clipsift.jobs.schemas import STATUS
+from clipsift.udfs.readers import read_bytes
+from clipsift.udfs.schemas import PAIRS_DDL, STATUS
 from tests.support.corpus import tuxpaint_stamps
 
 EXTS = ("jpg", "jpeg", "png", "webp")
@@ -66,7 +67,7 @@ def _shard_of(stamps: Stamps, tag: str) -> list[Member]:
 
 def _read(spark: SparkSession, shards: list[Path], exts: tuple[str, ...] = EXTS, **kw: Any) -> list[dict[str, Any]]:
     df = io.read_webdataset(spark, [str(s) for s in shards], exts, **kw)
-    assert df.schema.simpleString() == spark.createDataFrame([], io.PAIRS_DDL).schema.simpleString()
+    assert df.schema.simpleString() == spark.createDataFrame([], PAIRS_DDL).schema.simpleString()
     rows = [r.asDict() for r in df.collect()]
     return sorted(rows, key=lambda r: (r["source"], r["source_row"] is None, r["source_row"] or 0))
 
@@ -306,7 +307,7 @@ def test_read_pairs_table_with_image_bytes(spark: SparkSession, tmp_path: Path, 
     )
     cfg.validate("input")
     df = io.read_pairs_table(spark, cfg)
-    assert df.schema.simpleString() == spark.createDataFrame([], io.PAIRS_DDL).schema.simpleString()
+    assert df.schema.simpleString() == spark.createDataFrame([], PAIRS_DDL).schema.simpleString()
     rows = sorted((r.asDict() for r in df.collect()), key=lambda r: r["uid"])
     assert [r["uid"] for r in rows] == ["100", "101", "102"]
     assert [r["caption"] for r in rows] == [c.encode() for _, _, c in stamps[:3]]
@@ -346,8 +347,8 @@ def test_read_bytes_local_path_and_file_uri(tmp_path: Path) -> None:
     path = tmp_path / "image.bin"
     data = bytes(range(256)) * 10
     path.write_bytes(data)
-    assert io.read_bytes(str(path)) == data
-    assert io.read_bytes(f"file:{path}") == data
-    assert io.read_bytes(path.as_uri()) == data  # file:///...
+    assert read_bytes(str(path)) == data
+    assert read_bytes(f"file:{path}") == data
+    assert read_bytes(path.as_uri()) == data  # file:///...
     with pytest.raises(FileNotFoundError):
-        io.read_bytes(str(tmp_path / "missing.bin"))
+        read_bytes(str(tmp_path / "missing.bin"))

@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from clipsift.jobs.schemas import POOL_ARROW
-from clipsift.udfs.ingest import METADATA_COLUMNS, check_batch, check_column
+from clipsift.udfs.ingest import check_batch, check_column
+from clipsift.udfs.schemas import METADATA_COLUMNS, POOL_ARROW
 
 LIST = pa.list_(pa.float32())
 

@@ -85,10 +85,11 @@ def test_without_a_jobs_folder_import_jobs_fails(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "No module named 'jobs'" in proc.stderr, proc.stderr
 
 
-def test_kernels_and_the_package_import_no_spark_nor_torch(tmp_path: Path) -> None:
+def test_kernels_readers_schemas_and_the_package_import_no_spark_nor_torch(tmp_path: Path) -> None:
     code = (
         "import sys, clipsift\n"
         "from clipsift.udfs.kernels import clip_score, negclip_loss, normsim, normsim2_dynamic\n"
+        "import clipsift.udfs.schemas, clipsift.udfs.readers, clipsift.udfs.ingest\n"
         "print(sorted(m for m in ('pyspark', 'torch', 'open_clip') if m in sys.modules))"
     )
     proc = _python(code, tmp_path)

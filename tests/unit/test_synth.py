@@ -1,4 +1,4 @@
-"""Unit tests for clipsift.jobs.synth: the synthetic DataComp-style pool generator (no Spark)."""
+"""Unit tests for clipsift.jobs.demo.synth: the synthetic DataComp-style pool generator (no Spark)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipsift.jobs.synth import KINDS, SynthSpec, concept_vectors, generate_pool, generate_target, main
+from clipsift.jobs.demo.synth import KINDS, SynthSpec, concept_vectors, generate_pool, generate_target, main
 
 SPEC = SynthSpec(n_rows=2003, n_shards=4, dim=64, n_concepts=50, seed=0)
 _CONCEPT_RE = re.compile(r"concept (\d+) ")

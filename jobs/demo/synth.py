@@ -54,7 +54,7 @@ Everything is a function of the spec: each shard draws from its own ``numpy`` ge
 and identical parquet contents. Shards are generated one at a time. ``generate_target`` draws
 target-set image embeddings with the same concept vectors and offsets.
 
-Command line: ``python -m clipsift.jobs.synth --out DIR`` writes ``DIR/shards/*`` and ``DIR/target.npy``
+Command line: ``python -m clipsift.jobs.demo.synth --out DIR`` writes ``DIR/shards/*`` and ``DIR/target.npy``
 (and ``DIR/target_l14.npy`` with ``--with-l14``).
 """
 
@@ -555,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     defaults = SynthSpec()
     parser = argparse.ArgumentParser(
-        prog="python -m clipsift.jobs.synth", description="Write a synthetic DataComp-style pool."
+        prog="python -m clipsift.jobs.demo.synth", description="Write a synthetic DataComp-style pool."
     )
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--rows", type=int, default=defaults.n_rows, help="pool rows")

@@ -19,8 +19,8 @@ from pyspark.sql import functions as F
 
 from clipsift.jobs import score, select
 from clipsift.jobs.config import ScoreConfig, SelectConfig, load
+from clipsift.jobs.demo.synth import SynthSpec, generate_pool, generate_target
 from clipsift.jobs.session import get_spark
-from clipsift.jobs.synth import SynthSpec, generate_pool, generate_target
 
 SPARK_CONF = {
     "spark.sql.shuffle.partitions": "4",

@@ -1,0 +1,139 @@
+"""Delta tables: reads by name or path, atomic partition replaces, appends, the runs table, and DataComp subset
+files. Every table clipsift writes goes through here."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.fs as pafs
+from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
+
+import clipsift
+from clipsift.jobs.config import TableRef
+from clipsift.jobs.io.sql import quote_ident, sibling, sql_string
+from clipsift.udfs.readers import arrow_path
+
+
+def read_table_ref(spark: SparkSession, ref: TableRef) -> DataFrame:
+    """A table by catalog name, or by path in its format (the input configs are table references too)."""
+    if ref.table is not None:
+        return spark.read.table(ref.table)
+    return spark.read.format(ref.format).load(ref.path)
+
+
+def table_exists(spark: SparkSession, ref: TableRef) -> bool:
+    """Whether the table (name or Delta path) exists."""
+    if ref.table is not None:
+        return bool(spark.catalog.tableExists(ref.table))
+    fs, local = arrow_path(str(ref.path).rstrip("/") + "/_delta_log")
+    return bool(fs.get_file_info(local).type == pafs.FileType.Directory)
+
+
+def _save(writer: DataFrameWriter, ref: TableRef) -> None:
+    """Run a Delta write to ``ref``: by catalog name or by path."""
+    if ref.table is not None:
+        writer.saveAsTable(ref.table)
+    else:
+        writer.save(str(ref.path))
+
+
+def replace_partition(df: DataFrame, ref: TableRef, column: str, value: str) -> None:
+    """Write ``df`` as the rows of ``ref`` where ``column = value``, replacing any earlier ones.
+
+    One atomic Delta commit: a rerun replaces its own rows and never duplicates them; other
+    values of ``column`` are untouched; new columns are merged into the schema.
+    """
+    writer = (
+        df.write.format("delta")
+        .mode("overwrite")
+        .option("replaceWhere", f"{quote_ident(column)} = {sql_string(value)}")
+        .option("mergeSchema", "true")
+        .partitionBy(column)
+    )
+    _save(writer, ref)
+
+
+#: The runs table beside a score table (``<output>_runs``): one row per run of ``clipsift score``/``clipselect``.
+RUNS_DDL = (
+    "run_id string, started_at timestamp, seconds double, input string, rows bigint, rows_by_status string, "
+    "config string, lineage string, code_version string"
+)
+
+
+def record_run(
+    spark: SparkSession,
+    scores: TableRef,
+    *,
+    run_id: str,
+    started_at: datetime,
+    seconds: float,
+    input_label: str,
+    rows_in: int,
+    by_status: dict[str, int],
+    config: dict[str, Any],
+    lineage: dict[str, Any],
+) -> None:
+    """Write this run's row of ``<scores>_runs`` (replacing an earlier one of the same run id).
+
+    ``clipsift select`` finds the latest run there; the config and lineage make the run reproducible.
+    """
+    record = spark.createDataFrame(
+        [
+            (
+                run_id, started_at, float(seconds), input_label, int(rows_in),
+                json.dumps(by_status, sort_keys=True), json.dumps(config, sort_keys=True),
+                json.dumps(lineage, sort_keys=True), clipsift.__version__,
+            )
+        ],
+        RUNS_DDL,
+    )  # fmt: skip
+    replace_partition(record, sibling(scores, "runs"), "run_id", run_id)
+
+
+def append_table(df: DataFrame, ref: TableRef, partition_by: str | None = None) -> None:
+    """Append ``df`` to a Delta table in one commit (created on first use)."""
+    writer = df.write.format("delta").mode("append")
+    if partition_by is not None:
+        writer = writer.partitionBy(partition_by)
+    _save(writer, ref)
+
+
+def replace_where(df: DataFrame, ref: TableRef, condition: str, partition_by: str | None = None) -> None:
+    """Replace the rows of ``ref`` matching ``condition`` with ``df`` in one Delta commit (created on first use)."""
+    writer = df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
+    if partition_by is not None:
+        writer = writer.partitionBy(partition_by)
+    _save(writer, ref)
+
+
+def delete_matching(spark: SparkSession, ref: TableRef, keys: DataFrame, key: str, condition: str) -> None:
+    """Delete the rows of ``ref`` whose ``key`` is in ``keys`` and that satisfy ``condition`` (on alias ``t``).
+
+    One Delta ``MERGE ... WHEN MATCHED THEN DELETE`` commit.
+    """
+    from delta.tables import DeltaTable
+
+    table = DeltaTable.forName(spark, ref.table) if ref.table is not None else DeltaTable.forPath(spark, str(ref.path))
+    match = f"t.{quote_ident(key)} = s.{quote_ident(key)} AND {condition}"
+    table.alias("t").merge(keys.alias("s"), match).whenMatchedDelete().execute()
+
+
+def overwrite_table(df: DataFrame, ref: TableRef) -> None:
+    """Replace a whole Delta table (selection materialisations)."""
+    writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    _save(writer, ref)
+
+
+def write_subset_npy(uid_pairs: np.ndarray, path: str) -> None:
+    """Write DataComp's subset file: a sorted structured array of dtype ``u8,u8``."""
+    arr = np.sort(uid_pairs.astype(np.dtype("u8,u8")))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, out)
