@@ -38,24 +38,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
 
 import clipsift
 from clipsift.jobs import io
 from clipsift.jobs.baselines import centroid_handle, fit_kmeans, with_clusters
 from clipsift.jobs.config import ClipSelectConfig, KMeansConfig, to_dict
+from clipsift.jobs.cutoffs import clipselect_criterion
 from clipsift.jobs.embed import model_spec
 from clipsift.jobs.session import job_description, job_main
-from clipsift.jobs.transforms import with_criterion, with_minmax, with_sas, with_sds
+from clipsift.jobs.transforms import with_duplicate_uids, with_sas, with_sds
 from clipsift.udfs.adapters import AdapterPair, apply_text, save_adapters, train_adapters
 from clipsift.udfs.clipselect import PACKED_DDL, AdapterWeights, pack_rows_fn, unpack_rows
+from clipsift.udfs.ingest import status_fn
 from clipsift.udfs.kernels.clipselect import optimise_selection
 from clipsift.udfs.models import ClipEncoder, get_model
 from clipsift.udfs.schemas import STATUS
 
-MISSING_LABEL = "missing_label"
-BAD_LABEL = "bad_label"
 SCORE_COLUMNS = ("sas", "sds", "sas_norm", "sds_norm", "clipselect_score")
 
 
@@ -132,10 +133,14 @@ def run(spark: SparkSession, cfg: ClipSelectConfig) -> ClipSelectResult:
         scored = (
             grouped.transform(with_sas, weights=weights, prompts=prompt_adapted)
             .transform(with_sds, weights=weights, k=cfg.k, group="sds_group", key="_rid")
-            .transform(with_minmax)
+            .persist(StorageLevel.MEMORY_AND_DISK)
         )
-        scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
-        scored = scored.transform(with_criterion, lam=cfg.lam)
+        criterion = clipselect_criterion(scored, "sas", "sds", cfg.lam, "input")
+        scored = (
+            scored.withColumn("sas_norm", F.expr(criterion.sas_norm))
+            .withColumn("sds_norm", F.expr(criterion.sds_norm))
+            .withColumn("clipselect_score", F.expr(criterion.score))
+        )
         if cfg.optimiser_max_rows and n_ok <= cfg.optimiser_max_rows:
             with job_description(spark, f"clipsift clipselect {run_id}: optimiser"):
                 scored = scored.join(
@@ -194,55 +199,30 @@ def derive_run_id(cfg: ClipSelectConfig) -> str:
     return "clipselect-" + hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _embedding_problem(col: str, dim: int) -> tuple[Column, Column]:
-    """(status, error) of the first problem of an embedding column, null when it is fine."""
-    c = F.col(col)
-    not_finite = F.exists(c, lambda v: F.isnan(v) | (F.abs(v) == float("inf")))
-    norm2 = F.aggregate(c, F.lit(0.0).cast("double"), lambda acc, v: acc + v.cast("double") * v.cast("double"))
-    status = (
-        F.when(c.isNull(), F.lit(STATUS.NULL_EMBEDDING))
-        .when(F.size(c) != dim, F.lit(STATUS.BAD_DIMENSION))
-        .when(not_finite, F.lit(STATUS.NON_FINITE))
-        .when(norm2 == 0, F.lit(STATUS.ZERO_NORM))
-    )
-    error = F.when(status.isNotNull(), F.concat(F.lit(f"{col}: "), status))
-    return status, error
-
-
 def with_status(df: DataFrame, *, dim: int, n_classes: int | None) -> DataFrame:
-    """Add ``status`` and ``error``; later rows of a repeated uid become ``duplicate_uid``.
+    """Add ``status`` and ``error``; later ``ok`` rows of a repeated uid (by ``_rid``) become ``duplicate_uid``.
 
     With ``n_classes`` the label must be non-null and in ``[0, n_classes)``; without, the caption embedding is
     checked like the image embedding.
     """
-    img_status, img_error = _embedding_problem("image_emb", dim)
-    status = F.when(F.col("uid").isNull(), F.lit(STATUS.NULL_UID)).otherwise(img_status)
-    error = F.when(F.col("uid").isNull(), F.lit("null uid")).otherwise(img_error)
+    embeddings = [("image_emb", "image")] if n_classes is not None else [("image_emb", "image"), ("text_emb", "text")]
+    schema = StructType([*df.schema.fields, StructField("status", StringType()), StructField("error", StringType())])
+    marked = df.mapInArrow(status_fn(dim, embeddings), schema)
     if n_classes is not None:
-        label = F.col("label")
-        status = F.coalesce(
-            status,
-            F.when(label.isNull(), F.lit(MISSING_LABEL)).when((label < 0) | (label >= n_classes), F.lit(BAD_LABEL)),
+        label, ok = F.col("label"), F.col("status") == STATUS.OK
+        outside = (label < 0) | (label >= n_classes)
+        marked = marked.withColumn(
+            "error",
+            F.when(ok & label.isNull(), F.lit("label is null")).when(
+                ok & outside, F.concat(F.lit("label "), label.cast("string"), F.lit(f" outside [0, {n_classes})"))
+            ).otherwise(F.col("error")),
+        ).withColumn(
+            "status",
+            F.when(ok & label.isNull(), F.lit(STATUS.MISSING_LABEL))
+            .when(ok & outside, F.lit(STATUS.BAD_LABEL))
+            .otherwise(F.col("status")),
         )
-        error = F.coalesce(
-            error,
-            F.when(label.isNull(), F.lit("null label")).when(
-                (label < 0) | (label >= n_classes),
-                F.concat(F.lit("label "), label.cast("string"), F.lit(f" outside [0, {n_classes})")),
-            ),
-        )
-    else:
-        txt_status, txt_error = _embedding_problem("text_emb", dim)
-        status = F.coalesce(status, txt_status)
-        error = F.coalesce(error, txt_error)
-    marked = df.withColumn("status", F.coalesce(status, F.lit(STATUS.OK))).withColumn("error", error)
-    first = F.row_number().over(Window.partitionBy("uid").orderBy("_rid"))
-    dup = (F.col("status") == STATUS.OK) & F.col("uid").isNotNull() & (first > 1)
-    return marked.select(
-        *[c for c in marked.columns if c not in ("status", "error")],
-        F.when(dup, F.lit(STATUS.DUPLICATE_UID)).otherwise(F.col("status")).alias("status"),
-        F.when(dup, F.lit("uid seen before")).otherwise(F.col("error")).alias("error"),
-    )
+    return marked.transform(with_duplicate_uids, order=["_rid"])
 
 
 def epoch_batches(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from clipsift.jobs.config import ConfigError
 from clipsift.jobs.io import quote_ident, sql_string
 
 
@@ -99,3 +100,55 @@ def top_n_cutoff(
             return Cutoff(float(last["s"]), None if ties else str(last["uid"]))
         eps = eps / 4 if found else min(1.0, eps * 8)
     raise RuntimeError(f"could not bracket the top {n} rows of {column}")  # pragma: no cover - needs 8 misses
+
+
+@dataclass(frozen=True)
+class ClipSelectCriterion:
+    """SQL expressions over one row of a pool, with the pool's constants written in as literals."""
+
+    sas_norm: str
+    """SAS min-max normalised over the pool."""
+    sds_norm: str
+    """SDS min-max normalised over the pool (null for a group of one)."""
+    score: str
+    """The criterion."""
+    params: dict[str, object]
+    """The constants: ``lam``, the bounds and the means."""
+
+
+def clipselect_criterion(pool: DataFrame, sas: str, sds: str, lam: float, key: str) -> ClipSelectCriterion:
+    """The CLIP-powered selection criterion ``SAS'/mean(SAS') + lam · SDS'/mean(SDS')`` as SQL over one row: the
+    one definition behind ``clipsift clipselect``'s columns and the ``clipselect`` selection rule.
+
+    SAS' and SDS' are min-max normalised over the pool's rows with a SAS (bounds from one Spark aggregate, written
+    as typed literals); a null SDS (a group of one) counts as 0; a term whose mean is 0 contributes 0: the
+    arithmetic of the kernel :func:`clipsift.udfs.kernels.selection_scores`, which the tests hold it to.
+
+    Raises:
+        ConfigError: (under ``key``) when no row of the pool has a SAS.
+    """
+    rows = pool.where(F.col(sas).isNotNull())
+    b = rows.agg(F.min(sas), F.max(sas), F.min(sds), F.max(sds)).first()
+    if b is None or b[0] is None:
+        hint = "score with clipselect.enabled: true, or use clipsift clipselect"
+        raise ConfigError(key, f"no ok row of the run has a '{sas}' value; {hint}")
+
+    def normalised(col: str, lo: object, hi: object) -> str:
+        if lo is None or hi is None or not float(hi) > float(lo):  # type: ignore[arg-type]
+            return f"CASE WHEN {quote_ident(col)} IS NULL THEN NULL ELSE 0.0D END"
+        lo_s, hi_s = sql_double(float(lo)), sql_double(float(hi))  # type: ignore[arg-type]
+        return f"(({quote_ident(col)} - {lo_s}) / ({hi_s} - {lo_s}))"
+
+    sas_n = normalised(sas, b[0], b[1])
+    sds_n = f"COALESCE({normalised(sds, b[2], b[3])}, 0.0D)"  # a group of one has no SDS
+    m = rows.agg(F.avg(F.expr(sas_n)), F.avg(F.expr(sds_n))).first()
+    assert m is not None
+    mean_sas, mean_sds = float(m[0]), float(m[1])
+    sas_term = f"({sas_n} / {sql_double(mean_sas)})" if mean_sas != 0 else "0.0D"
+    sds_term = f"({sds_n} / {sql_double(mean_sds)})" if mean_sds != 0 else "0.0D"
+    params: dict[str, object] = {
+        "lam": lam, "sas_min": b[0], "sas_max": b[1], "sds_min": b[2], "sds_max": b[3],
+        "sas_norm_mean": mean_sas, "sds_norm_mean": mean_sds,
+    }  # fmt: skip
+    sds_raw = normalised(sds, b[2], b[3])
+    return ClipSelectCriterion(sas_n, sds_raw, f"({sas_term} + {sql_double(lam)} * {sds_term})", params)

@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 
 from clipsift.jobs import io
 from clipsift.jobs.config import ConfigError, SelectConfig, SelectionConfig, to_dict
-from clipsift.jobs.cutoffs import Cutoff, keep_condition, keep_sql, sql_double, top_n_cutoff
+from clipsift.jobs.cutoffs import Cutoff, clipselect_criterion, keep_condition, keep_sql, sql_double, top_n_cutoff
 from clipsift.jobs.io import quote_ident, sql_string
 from clipsift.jobs.session import job_main
 from clipsift.jobs.transforms import CLIPSELECT_COLUMNS
@@ -153,9 +153,8 @@ def _render(
     if sel.rule == "clipselect":
         assert sel.fraction is not None
         sas, sds = sel.columns or CLIPSELECT_COLUMNS
-        expr, params = clipselect_criterion(
-            pool, sas, sds, 0.1 if sel.lam is None else sel.lam, f"selections[{sel.name}]"
-        )
+        criterion = clipselect_criterion(pool, sas, sds, 0.1 if sel.lam is None else sel.lam, f"selections[{sel.name}]")
+        expr, params = criterion.score, criterion.params
         scored = pool.where(F.col(sas).isNotNull()).withColumn("_criterion", F.expr(expr))
         keep = int(n * sel.fraction)
         cut = top_n_cutoff(scored, "_criterion", keep)
@@ -164,43 +163,6 @@ def _render(
     members = [f"`uid` IN (SELECT `uid` FROM {views[name]})" for name in sel.of]
     joiner = " AND " if sel.rule == "intersect" else " OR "
     return joiner.join(members), source, {"of": list(sel.of)}
-
-
-def clipselect_criterion(pool: DataFrame, sas: str, sds: str, lam: float, key: str) -> tuple[str, dict[str, object]]:
-    """The CLIP-powered selection criterion ``SAS'/mean(SAS') + lam · SDS'/mean(SDS')`` as SQL over one row.
-
-    SAS' and SDS' are min-max normalised over the pool's rows with a SAS (bounds from one Spark aggregate, written
-    as typed literals); a null SDS (a group of one) counts as 0; a term whose mean is 0 contributes 0. The same
-    arithmetic as :func:`clipsift.jobs.transforms.with_minmax` + :func:`clipsift.jobs.transforms.with_criterion`
-    and the kernel :func:`clipsift.udfs.kernels.selection_scores`. Returns the SQL expression and the constants it uses.
-
-    Raises:
-        ConfigError: (under ``key``) when no row of the pool has a SAS.
-    """
-    rows = pool.where(F.col(sas).isNotNull())
-    b = rows.agg(F.min(sas), F.max(sas), F.min(sds), F.max(sds)).first()
-    if b is None or b[0] is None:
-        hint = "score with clipselect.enabled: true, or use clipsift clipselect"
-        raise ConfigError(key, f"no ok row of the run has a '{sas}' value; {hint}")
-
-    def normalised(col: str, lo: object, hi: object) -> str:
-        if lo is None or hi is None or not float(hi) > float(lo):  # type: ignore[arg-type]
-            return f"CASE WHEN {quote_ident(col)} IS NULL THEN NULL ELSE 0.0D END"
-        lo_s, hi_s = sql_double(float(lo)), sql_double(float(hi))  # type: ignore[arg-type]
-        return f"(({quote_ident(col)} - {lo_s}) / ({hi_s} - {lo_s}))"
-
-    sas_n = normalised(sas, b[0], b[1])
-    sds_n = f"COALESCE({normalised(sds, b[2], b[3])}, 0.0D)"
-    m = rows.agg(F.avg(F.expr(sas_n)), F.avg(F.expr(sds_n))).first()
-    assert m is not None
-    mean_sas, mean_sds = float(m[0]), float(m[1])
-    sas_term = f"({sas_n} / {sql_double(mean_sas)})" if mean_sas != 0 else "0.0D"
-    sds_term = f"({sds_n} / {sql_double(mean_sds)})" if mean_sds != 0 else "0.0D"
-    params: dict[str, object] = {
-        "lam": lam, "sas_min": b[0], "sas_max": b[1], "sds_min": b[2], "sds_max": b[3],
-        "sas_norm_mean": mean_sas, "sds_norm_mean": mean_sds,
-    }  # fmt: skip
-    return f"({sas_term} + {sql_double(lam)} * {sds_term})", params
 
 
 def _cut(cut: Cutoff | None) -> dict[str, object] | None:

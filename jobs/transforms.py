@@ -36,15 +36,19 @@ def with_checked_embeddings(df: DataFrame, *, dim: int) -> DataFrame:
     return df.mapInArrow(check_embeddings_fn(dim), CHECKED_DDL)
 
 
-def with_duplicate_uids(df: DataFrame) -> DataFrame:
-    """Mark repeated uids: the first ``ok`` row of a uid (by source, row) stays ``ok``, later ``ok`` ones
-    become ``duplicate_uid``.
+#: The order that decides which row of a repeated uid stays ``ok`` in a pool: the first by shard and row.
+POOL_ORDER = ("source", "source_row")
+
+
+def with_duplicate_uids(df: DataFrame, *, order: Sequence[str] = POOL_ORDER) -> DataFrame:
+    """Mark repeated uids: the first ``ok`` row of a uid (by the ``order`` columns, then the embeddings' hash)
+    stays ``ok``, later ``ok`` ones become ``duplicate_uid``. Rows that are not ``ok`` keep their status.
 
     Only rows whose uid repeats are sorted; the repeated uids, and then the rows to demote, are broadcast and
     joined back, so every row stays in its partition (a DataComp shard stays whole in its task, which lets
     negCLIPLoss score it where it is).
     """
-    rid = df.withColumn("_rid", F.monotonically_increasing_id())
+    rid = df.withColumn("_dup_row", F.monotonically_increasing_id())
     repeated = (
         df.where(F.col("uid").isNotNull())
         .groupBy("uid")
@@ -52,22 +56,21 @@ def with_duplicate_uids(df: DataFrame) -> DataFrame:
         .where(F.col("count") > 1)
         .select("uid", F.lit(True).alias("_repeated"))
     )
-    order = Window.partitionBy("uid").orderBy(
+    window = Window.partitionBy("uid").orderBy(
         (F.col("status") != STATUS.OK).asc(),
-        F.col("source").asc_nulls_last(),
-        F.col("source_row").asc_nulls_last(),
+        *(F.col(c).asc_nulls_last() for c in order),
         F.xxhash64("image_emb", "text_emb"),
-        F.col("_rid"),
+        F.col("_dup_row"),
     )
     demoted = (
         rid.join(F.broadcast(repeated), on="uid", how="inner")
-        .select("_rid", "status", F.row_number().over(order).alias("_occurrence"))
+        .select("_dup_row", "status", F.row_number().over(window).alias("_occurrence"))
         .where((F.col("_occurrence") > 1) & (F.col("status") == STATUS.OK))
-        .select("_rid", "_occurrence")
+        .select("_dup_row", "_occurrence")
     )
     dup = F.col("_occurrence").isNotNull()
     return (
-        rid.join(F.broadcast(demoted), on="_rid", how="left")
+        rid.join(F.broadcast(demoted), on="_dup_row", how="left")
         .withColumn(
             "error",
             F.when(dup, F.format_string("uid repeats an earlier row (occurrence %d)", F.col("_occurrence"))).otherwise(
@@ -168,7 +171,7 @@ def with_lineage(df: DataFrame, *, run_id: str, lineage: dict[str, object], ddl:
 # CLIP-powered selection (ALGORITHMS.md §4): clipsift clipselect, and the label-free variant in clipsift score
 
 #: Raw CLIP-powered selection scores; their min-max normalised forms and the criterion come from
-#: :func:`with_minmax` / :func:`with_criterion`, or from a ``clipselect`` selection in ``clipsift select``.
+#: :func:`clipsift.jobs.cutoffs.clipselect_criterion` (``clipsift clipselect``, and the ``clipselect`` selection rule).
 CLIPSELECT_COLUMNS = ("sas", "sds")
 
 
@@ -188,41 +191,3 @@ def with_sds(df: DataFrame, *, weights: AdapterWeights, k: int, group: str, key:
         .applyInArrow(sds_group_fn(weights, k, key), f"{key} {dict(df.dtypes)[key]}, sds double")
     )
     return df.join(parts, on=key, how="left")
-
-
-def with_minmax(df: DataFrame) -> DataFrame:
-    """Add ``sas_norm`` and ``sds_norm``: min-max over the frame, bounds from one Spark aggregate.
-
-    A constant score maps to 0; nulls stay null.
-    """
-    bounds = df.agg(
-        F.min("sas").alias("sas_lo"),
-        F.max("sas").alias("sas_hi"),
-        F.min("sds").alias("sds_lo"),
-        F.max("sds").alias("sds_hi"),
-    )
-    out = df.crossJoin(F.broadcast(bounds))
-    for name in ("sas", "sds"):
-        lo, hi = F.col(f"{name}_lo"), F.col(f"{name}_hi")
-        out = out.withColumn(
-            f"{name}_norm",
-            F.when(hi > lo, (F.col(name) - lo) / (hi - lo)).otherwise(F.when(F.col(name).isNotNull(), 0.0)),
-        )
-    return out.drop("sas_lo", "sas_hi", "sds_lo", "sds_hi")
-
-
-def with_criterion(df: DataFrame, *, lam: float) -> DataFrame:
-    """Add ``clipselect_score`` = ``sas_norm / mean(sas_norm) + lam · sds_norm / mean(sds_norm)``.
-
-    Means come from one Spark aggregate; a null ``sds_norm`` (singleton group) counts as 0, a term whose mean
-    is 0 contributes 0 (as :func:`clipsift.udfs.kernels.clipselect.selection_scores`).
-    """
-    sds_n = F.coalesce(F.col("sds_norm"), F.lit(0.0))
-    means = df.agg(F.avg("sas_norm").alias("_sas_mean"), F.avg(sds_n).alias("_sds_mean"))
-    sas_term = F.when(F.col("_sas_mean") != 0, F.col("sas_norm") / F.col("_sas_mean")).otherwise(0.0)
-    sds_term = F.when(F.col("_sds_mean") != 0, sds_n / F.col("_sds_mean")).otherwise(0.0)
-    return (
-        df.crossJoin(F.broadcast(means))
-        .withColumn("clipselect_score", sas_term + F.lit(float(lam)) * sds_term)
-        .drop("_sas_mean", "_sds_mean")
-    )

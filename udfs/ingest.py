@@ -6,7 +6,7 @@ rows get unit-norm float32 embeddings and their original norms. A bad row never 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -14,6 +14,9 @@ import pyarrow as pa
 from clipsift.udfs.arrow import from_matrix
 from clipsift.udfs.kernels import l2_normalize
 from clipsift.udfs.schemas import CHECKED_ARROW, METADATA_COLUMNS, STATUS
+
+#: Per-row ``(status, error)`` object arrays, None where a row is fine.
+Problems = tuple[np.ndarray, np.ndarray]
 
 
 def check_column(arr: pa.Array, dim: int, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -59,24 +62,43 @@ def check_column(arr: pa.Array, dim: int, what: str) -> tuple[np.ndarray, np.nda
     return status, error, unit, norm
 
 
-def check_batch(batch: pa.RecordBatch, dim: int) -> pa.RecordBatch:
-    """Status, error, normalised embeddings and norms for one batch of pool rows (first problem wins)."""
+def first_problem(
+    batch: pa.RecordBatch, dim: int, embeddings: Sequence[tuple[str, str]], earlier: Problems | None = None
+) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """``status`` (``ok`` or the first problem) and ``error`` of each row: ``earlier`` problems (a reader's),
+    then a null uid, then each embedding column in ``embeddings`` (``(column, what)`` pairs) by
+    :func:`check_column`. Also returns each column's ``(unit rows, norms)``.
+    """
     n = batch.num_rows
-    load_status = np.asarray(batch.column("load_status").to_pylist(), dtype=object)
-    load_error = np.asarray(batch.column("load_error").to_pylist(), dtype=object)
     uid_null = np.asarray(batch.column("uid").is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    img_s, img_e, img, img_n = check_column(batch.column("image_emb"), dim, "image")
-    txt_s, txt_e, txt, txt_n = check_column(batch.column("text_emb"), dim, "text")
-    status = np.full(n, STATUS.OK, dtype=object)
-    error = np.full(n, None, dtype=object)
     uid_s = np.full(n, None, dtype=object)
     uid_e = np.full(n, None, dtype=object)
     uid_s[uid_null] = STATUS.NULL_UID
     uid_e[uid_null] = "uid is null"
-    for s, e in reversed([(load_status, load_error), (uid_s, uid_e), (img_s, img_e), (txt_s, txt_e)]):
+    problems = [earlier] if earlier is not None else []
+    problems.append((uid_s, uid_e))
+    checked = []
+    for column, what in embeddings:
+        s, e, unit, norm = check_column(batch.column(column), dim, what)
+        problems.append((s, e))
+        checked.append((unit, norm))
+    status = np.full(n, STATUS.OK, dtype=object)
+    error = np.full(n, None, dtype=object)
+    for s, e in reversed(problems):
         has = s != None  # noqa: E711 - elementwise comparison on an object array
         status[has] = s[has]
         error[has] = e[has]
+    return status, error, checked
+
+
+def check_batch(batch: pa.RecordBatch, dim: int) -> pa.RecordBatch:
+    """Status, error, normalised embeddings and norms for one batch of pool rows (first problem wins)."""
+    load = (
+        np.asarray(batch.column("load_status").to_pylist(), dtype=object),
+        np.asarray(batch.column("load_error").to_pylist(), dtype=object),
+    )
+    embeddings = [("image_emb", "image"), ("text_emb", "text")]
+    status, error, [(img, img_n), (txt, txt_n)] = first_problem(batch, dim, embeddings, load)
     ok = status == STATUS.OK
     return pa.RecordBatch.from_arrays(
         [
@@ -101,6 +123,23 @@ def _masked_lists(mat: np.ndarray, keep: np.ndarray) -> pa.Array:
     if keep.all():
         return full
     return pa.ListArray.from_arrays(full.offsets, full.values, mask=pa.array(~keep))
+
+
+def status_fn(
+    dim: int, embeddings: Sequence[tuple[str, str]]
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """``mapInArrow`` function adding ``status`` and ``error`` (:func:`first_problem`) to rows that keep their
+    columns as they are (the CLIP-powered selection job, whose embeddings stay unnormalised)."""
+
+    def mark(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            status, error, _ = first_problem(batch, dim, embeddings)
+            yield pa.RecordBatch.from_arrays(
+                [*batch.columns, pa.array(status.tolist(), pa.string()), pa.array(error.tolist(), pa.string())],
+                names=[*batch.schema.names, "status", "error"],
+            )
+
+    return mark
 
 
 def check_embeddings_fn(dim: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:

@@ -21,6 +21,10 @@ class STATUS:
     BAD_DIMENSION = "bad_dimension"
     NON_FINITE = "non_finite_embedding"
     ZERO_NORM = "zero_norm"
+    MISSING_LABEL = "missing_label"
+    """``clipsift clipselect``: a labelled run's row without a label."""
+    BAD_LABEL = "bad_label"
+    """``clipsift clipselect``: a label outside ``[0, len(classes))``."""
 
 
 _SPARK_TYPES = {

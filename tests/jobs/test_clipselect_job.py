@@ -269,3 +269,28 @@ def test_class_prompts_average_several_templates(embedded: dict[str, Any], label
     np.testing.assert_allclose(got, mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
     assert not np.allclose(got, each[0], atol=1e-3)  # the second template changes the prompt features
+
+
+def test_repeated_uids_keep_their_first_ok_row(spark: SparkSession) -> None:
+    """The clipselect job marks repeated uids with the score job's marker: the first ``ok`` row (by input order)
+    stays, later ``ok`` ones become ``duplicate_uid``; a bad first row does not demote a later good one."""
+    from pyspark.sql import functions as F
+
+    from clipsift.jobs.clipselect import with_status
+
+    good, bad = [1.0, 0.0], [0.0, 0.0]
+    rows = [("a", good, 0), ("a", good, 1), ("b", bad, 0), ("b", good, 1), ("c", good, 2), (None, good, 0)]
+    frame = spark.createDataFrame(rows, "uid string, image_emb array<float>, label bigint")
+    frame = frame.withColumn("text_emb", F.lit(None).cast("array<float>"))
+    out = (
+        frame.withColumn("_rid", F.monotonically_increasing_id())
+        .transform(with_status, dim=2, n_classes=3)
+        .orderBy("_rid")
+        .select("uid", "status", "error")
+        .collect()
+    )
+    assert len(out) == len(rows)
+    assert [(r["uid"], r["status"]) for r in out] == [
+        ("a", "ok"), ("a", "duplicate_uid"), ("b", "zero_norm"), ("b", "ok"), ("c", "ok"), (None, "null_uid"),
+    ]  # fmt: skip
+    assert "occurrence 2" in out[1]["error"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -186,6 +187,20 @@ def test_unknown_column_and_empty_run(spark: SparkSession, scored: Any) -> None:
     no_run["selections"] = [{"name": "x", "rule": "top_fraction", "column": "clip_score", "fraction": 0.1}]
     with pytest.raises(ValueError, match="no-such-run"):
         run(spark, from_dict(SelectConfig, no_run))
+
+
+def test_a_missing_score_table_is_one_line_before_any_work(
+    spark: SparkSession, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from clipsift.jobs.select import main
+
+    cfg = tmp_path / "select.yaml"
+    selections = [{"name": "x", "rule": "top_fraction", "column": "clip_score", "fraction": 0.1}]
+    cfg.write_text(json.dumps({"scores": {"path": str(tmp_path / "nowhere")}, "selections": selections}))
+    assert main(["--config", str(cfg)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "'scores.path'" in lines[0] and "nowhere" in lines[0], lines
+    assert "run clipsift score first" in lines[0]
 
 
 # --------------------------------------------------------------------------------------------------
