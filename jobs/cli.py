@@ -7,7 +7,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-USAGE = """usage: clipsift COMMAND [options]
+USAGE = """usage: clipsift COMMAND [options]    (clipsift COMMAND --help: its options and config sections)
+       clipsift --version
 
 commands:
   embed    open_clip embeddings into a Delta table (clipsift embed --config embed.yaml [--set k=v ...])
@@ -37,6 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if args else 2
+    if args[0] in ("-V", "--version"):
+        from clipsift import __version__
+
+        print(f"clipsift {__version__}")
+        return 0
     # A local run's Python workers must use this interpreter (and its packages).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if args[0] not in COMMANDS:

@@ -77,6 +77,7 @@ def run(spark: SparkSession, cfg: ClipSelectConfig) -> ClipSelectResult:
     started = time.time()
     started_at = datetime.now(timezone.utc)
     run_id = cfg.run_id or derive_run_id(cfg)
+    io.ensure_schema(spark, cfg.output)
     raw = io.read_labelled_table(spark, cfg.input)
     dim = io.detect_dim(raw, hint="check input.image_col")
     n_classes = len(cfg.classes) if cfg.labelled else None

@@ -89,6 +89,7 @@ def run(spark: SparkSession, cfg: EmbedConfig) -> EmbedResult:
     started = time.time()
     started_at = datetime.now(timezone.utc)
     run_id = f"embed-{started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    io.ensure_schema(spark, cfg.output)
     spec = model_spec(cfg.model)
     try:
         ident = identify(spec)

@@ -288,6 +288,7 @@ class ScoreResult:
 def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
     """Score the pool of ``cfg.input`` and write this run's rows of ``cfg.output``."""
     started = time.time()
+    io.ensure_schema(spark, cfg.output)
     scored = _score(io.read_pool(spark, cfg.input), cfg)
     run_id, rows_in, lineage = scored.run_id, scored.rows_in, scored.lineage
     io.replace_partition(scored.frame, cfg.output, "run_id", run_id)

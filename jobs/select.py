@@ -45,12 +45,17 @@ class SelectionResult:
 
 def run(spark: SparkSession, cfg: SelectConfig) -> list[SelectionResult]:
     """Create (or replace) every selection's view over one run of the score table."""
+    if not io.table_exists(spark, cfg.scores):
+        key = "scores.table" if cfg.scores.table is not None else "scores.path"
+        raise ConfigError(key, f"no score table at {cfg.scores.label}; run clipsift score first, or fix the {key}")
     run_id = cfg.run_id or latest_run(spark, cfg)
+    for where in (cfg.view_schema, *(s.materialize for s in cfg.selections)):
+        io.ensure_schema(spark, where)
     scores = io.read_table_ref(spark, cfg.scores)
     pool = scores.where((F.col("run_id") == run_id) & (F.col("status") == STATUS.OK))
     pool_rows = pool.count()
     if pool_rows == 0:
-        raise ValueError(f"run '{run_id}' of {cfg.scores.label} has no rows with status 'ok'; check run_id")
+        raise ConfigError("run_id", f"run '{run_id}' of {cfg.scores.label} has no rows with status 'ok'; check run_id")
     types = dict(scores.dtypes)
     for sel in cfg.selections:
         for c in _columns_used(sel):
@@ -90,10 +95,11 @@ def latest_run(spark: SparkSession, cfg: SelectConfig) -> str:
     """The most recent run id in the score table's runs table."""
     runs_ref = io.sibling(cfg.scores, "runs")
     if not io.table_exists(spark, runs_ref):
-        raise ValueError(f"no runs table '{runs_ref.label}' beside {cfg.scores.label}; run clipsift score first")
+        where = f"beside {cfg.scores.label}"
+        raise ConfigError("scores", f"no runs table '{runs_ref.label}' {where}; run clipsift score first")
     row = io.read_table_ref(spark, runs_ref).orderBy(F.col("started_at").desc()).select("run_id").first()
     if row is None:
-        raise ValueError(f"runs table '{runs_ref.label}' is empty; run clipsift score first")
+        raise ConfigError("scores", f"runs table '{runs_ref.label}' is empty; run clipsift score first")
     return str(row["run_id"])
 
 

@@ -121,6 +121,28 @@ class TableRef(Section):
         return self.table if self.table is not None else str(self.path)
 
 
+#: A Delta table property name (``delta.enableDeletionVectors``, ``comment``, ...).
+PROPERTY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
+
+
+@dataclass(frozen=True)
+class OutputRef(TableRef):
+    """A table a job writes: a :class:`TableRef` plus the Delta table properties to set on it."""
+
+    properties: Mapping[str, str] = field(default_factory=dict)
+    """Delta table properties set on the table and its sibling tables (``<table>_runs``, ...) at every write, e.g.
+    ``delta.enableDeletionVectors: false`` for readers without deletion vectors, ``delta.dataSkippingNumIndexedCols``,
+    ``comment``."""
+
+    def validate(self, key: str) -> None:
+        super().validate(key)
+        for name in self.properties:
+            if not PROPERTY_NAME.match(name):
+                raise ConfigError(f"{key}.properties.{name}", "is not a table property name (letters, digits, _ . -)")
+        if self.properties and self.format != "delta":
+            raise ConfigError(f"{key}.properties", "table properties need format: delta")
+
+
 @dataclass(frozen=True)
 class SparkSettings(Section):
     """Spark session settings; ignored where a session is already active (Databricks, tests)."""
@@ -149,7 +171,12 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] 
         p = Path(path)
         if not p.is_file():
             raise ConfigError("--config", f"file '{p}' does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError("--config", f"'{p}' is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError("--config", f"'{p}' is not valid YAML: {_yaml_problem(exc)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError("--config", f"'{p}' must hold a mapping at the top level")
         data = loaded
@@ -160,7 +187,12 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] 
 
 def from_argv(cls: type[T], prog: str, argv: Sequence[str] | None) -> T:
     """Parse a job's ``--config FILE [--set key=value ...]`` arguments and load ``cls`` from them."""
-    parser = argparse.ArgumentParser(prog=prog, description=f"{prog}: see README.md for the config keys")
+    sections = ", ".join(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=f"{prog}. Config sections: {sections}. Every key is shown in the project's examples/ and "
+        "described in README.md.",
+    )
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     args = parser.parse_args(argv)
@@ -207,7 +239,18 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(dotted, f"'{part}' is not a mapping, so it has no sub-keys")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw)
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(dotted, f"--set value {raw!r} is not valid YAML: {_yaml_problem(exc)}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error as one line: what is wrong and where (1-based line and column)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def _build(tp: Any, value: Any, key: str) -> Any:

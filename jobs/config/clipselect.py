@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from clipsift.jobs.config.base import (
     ConfigError,
     JobConfig,
+    OutputRef,
     Section,
     SparkSettings,
     TableRef,
@@ -66,7 +67,7 @@ class ClipSelectConfig(JobConfig):
     """``clipsift clipselect``: CLIP-powered selection scores (SAS, SDS, criterion) into a Delta table."""
 
     input: ClipSelectInputConfig
-    output: TableRef
+    output: OutputRef
     model: ModelConfig
     """The open_clip model that embedded the table; it embeds the class prompts on the driver."""
     classes: tuple[str, ...] = ()

@@ -10,6 +10,7 @@ from typing import Literal
 from clipsift.jobs.config.base import (
     ConfigError,
     JobConfig,
+    OutputRef,
     Section,
     SparkSettings,
     TableRef,
@@ -109,7 +110,7 @@ class EmbedConfig(JobConfig):
 
     input: EmbedInputConfig
     model: ModelConfig
-    output: TableRef
+    output: OutputRef
     embed: EmbedOptions = EmbedOptions()
     spark: SparkSettings = SparkSettings()
 

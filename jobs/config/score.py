@@ -14,6 +14,7 @@ from clipsift.jobs.config.base import (
     NOT_SCORED,
     ConfigError,
     JobConfig,
+    OutputRef,
     Section,
     SparkSettings,
     TableRef,
@@ -260,7 +261,7 @@ class ScoreConfig(JobConfig):
     """``clipsift score``: embeddings in, one Delta table of scores out."""
 
     input: InputConfig
-    output: TableRef = field(metadata=NOT_SCORED)
+    output: OutputRef = field(metadata=NOT_SCORED)
     run_id: str | None = field(default=None, metadata=NOT_SCORED)
     """Default: a hash of everything that determines the scores, so a rerun replaces its own rows."""
     negclip: NegClipConfig = NegClipConfig()

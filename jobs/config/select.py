@@ -13,6 +13,7 @@ from clipsift.jobs.config.base import (
     TABLE_NAME,
     ConfigError,
     JobConfig,
+    OutputRef,
     Section,
     SparkSettings,
     TableRef,
@@ -54,7 +55,7 @@ class SelectionConfig(Section):
     lam: float | None = None
     """Rule ``clipselect``: the weight of diversity (default 0.1)."""
     of: tuple[str, ...] = ()
-    materialize: TableRef | None = None
+    materialize: OutputRef | None = None
     """Also write the selected uids as a Delta table."""
     export_npy: str | None = None
     """Also write DataComp's subset file (.npy of dtype u8,u8, sorted) to this local path."""

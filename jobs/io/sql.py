@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clipsift.jobs.config import TableRef
+from clipsift.jobs.config import OutputRef, TableRef
 
 
 def quote_ident(name: str) -> str:
@@ -23,7 +23,9 @@ def sql_string(value: str) -> str:
 
 
 def sibling(ref: TableRef, suffix: str) -> TableRef:
-    """The companion table of ``ref`` (``<name>_<suffix>`` beside it), e.g. the runs table."""
+    """The companion table of ``ref`` (``<name>_<suffix>`` beside it), e.g. the runs table; it gets the table
+    properties of an :class:`OutputRef`."""
+    properties = ref.properties if isinstance(ref, OutputRef) else {}
     if ref.table is not None:
-        return TableRef(table=f"{ref.table}_{suffix}")
-    return TableRef(path=f"{str(ref.path).rstrip('/')}_{suffix}")
+        return OutputRef(table=f"{ref.table}_{suffix}", properties=properties)
+    return OutputRef(path=f"{str(ref.path).rstrip('/')}_{suffix}", properties=properties)

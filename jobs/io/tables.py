@@ -14,8 +14,8 @@ import pyarrow.fs as pafs
 from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 
 import clipsift
-from clipsift.jobs.config import TableRef
-from clipsift.jobs.io.sql import quote_ident, sibling, sql_string
+from clipsift.jobs.config import OutputRef, TableRef
+from clipsift.jobs.io.sql import quote_ident, sibling, sql_string, sql_table
 from clipsift.udfs.readers import arrow_path
 
 
@@ -34,12 +34,27 @@ def table_exists(spark: SparkSession, ref: TableRef) -> bool:
     return bool(fs.get_file_info(local).type == pafs.FileType.Directory)
 
 
-def _save(writer: DataFrameWriter, ref: TableRef) -> None:
-    """Run a Delta write to ``ref``: by catalog name or by path."""
+def _save(writer: DataFrameWriter, ref: TableRef, spark: SparkSession) -> None:
+    """Run a Delta write to ``ref``: by catalog name or by path; then set an :class:`OutputRef`'s properties."""
     if ref.table is not None:
         writer.saveAsTable(ref.table)
     else:
         writer.save(str(ref.path))
+    if isinstance(ref, OutputRef) and ref.properties:
+        pairs = ", ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in sorted(ref.properties.items()))
+        spark.sql(f"ALTER TABLE {sql_table(ref)} SET TBLPROPERTIES ({pairs})")
+
+
+def ensure_schema(spark: SparkSession, where: TableRef | str | None) -> None:
+    """Create a schema when it does not exist yet (a local catalog starts with ``default`` only), so that a run
+    fails or succeeds on it before its compute, not after: ``where`` is a table (its ``[catalog.]schema``, when
+    named by catalog) or a ``[catalog.]schema`` name."""
+    if isinstance(where, TableRef):
+        if where.table is None or "." not in where.table:
+            return
+        where = where.table.rsplit(".", 1)[0]
+    if where:
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {'.'.join(quote_ident(p) for p in where.split('.'))}")
 
 
 def replace_partition(df: DataFrame, ref: TableRef, column: str, value: str) -> None:
@@ -55,7 +70,7 @@ def replace_partition(df: DataFrame, ref: TableRef, column: str, value: str) -> 
         .option("mergeSchema", "true")
         .partitionBy(column)
     )
-    _save(writer, ref)
+    _save(writer, ref, df.sparkSession)
 
 
 #: The runs table beside a score table (``<output>_runs``): one row per run of ``clipsift score``/``clipselect``.
@@ -100,7 +115,7 @@ def append_table(df: DataFrame, ref: TableRef, partition_by: str | None = None) 
     writer = df.write.format("delta").mode("append")
     if partition_by is not None:
         writer = writer.partitionBy(partition_by)
-    _save(writer, ref)
+    _save(writer, ref, df.sparkSession)
 
 
 def replace_where(df: DataFrame, ref: TableRef, condition: str, partition_by: str | None = None) -> None:
@@ -108,7 +123,7 @@ def replace_where(df: DataFrame, ref: TableRef, condition: str, partition_by: st
     writer = df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
     if partition_by is not None:
         writer = writer.partitionBy(partition_by)
-    _save(writer, ref)
+    _save(writer, ref, df.sparkSession)
 
 
 def delete_matching(spark: SparkSession, ref: TableRef, keys: DataFrame, key: str, condition: str) -> None:
@@ -126,7 +141,7 @@ def delete_matching(spark: SparkSession, ref: TableRef, keys: DataFrame, key: st
 def overwrite_table(df: DataFrame, ref: TableRef) -> None:
     """Replace a whole Delta table (selection materialisations)."""
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
-    _save(writer, ref)
+    _save(writer, ref, df.sparkSession)
 
 
 def write_subset_npy(uid_pairs: np.ndarray, path: str) -> None:

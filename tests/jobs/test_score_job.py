@@ -450,3 +450,43 @@ def test_score_frame_equals_the_job_and_writes_nothing(spark: SparkSession, tmp_
         in_hand.sort_values("uid").reset_index(drop=True), written.sort_values("uid").reset_index(drop=True),
         check_exact=False, atol=ATOL, rtol=0,
     )  # fmt: skip
+
+
+def test_output_properties_schema_and_foreign_readers(spark: SparkSession, tmp_path: Path) -> None:
+    """An output in a schema that does not exist yet is created; ``output.properties`` land on the score table and
+    its runs table; delta-rs (``deltalake``) and Polars read the score table and get Spark's values."""
+    import deltalake
+    import polars as pl
+
+    dim = 8
+    rng = np.random.default_rng(5)
+    rows = [(f"u{i:02d}", rng.normal(size=dim).tolist(), rng.normal(size=dim).tolist()) for i in range(24)]
+    rows.append(("bad", [math.nan] * dim, rows[0][2]))
+    path = str(tmp_path / "emb")
+    spark.createDataFrame(rows, "uid string, image_emb array<float>, text_emb array<float>").write.format(
+        "delta"
+    ).save(path)
+    properties = {"delta.enableDeletionVectors": "false", "delta.dataSkippingNumIndexedCols": "8", "comment": "t"}
+    data = {
+        "input": {"kind": "table", "path": path, "dim": dim},
+        "output": {"table": "props_schema.scores", "properties": properties},
+        "negclip": {"rounds": 2, "batch_size": 8, "grouping": "pool", "seed": 1},
+    }
+    result = run(spark, from_dict(ScoreConfig, data))
+    for table in ("props_schema.scores", "props_schema.scores_runs"):
+        detail = spark.sql(f"DESCRIBE DETAIL {table}").first()
+        assert detail is not None
+        got = {k: detail["properties"].get(k) for k in properties if k != "comment"}
+        assert got == {k: v for k, v in properties.items() if k != "comment"}, table
+    assert spark.sql("DESCRIBE DETAIL props_schema.scores").first()["description"] == "t"  # type: ignore[index]
+
+    location = spark.sql("DESCRIBE DETAIL props_schema.scores").first()["location"]  # type: ignore[index]
+    location = str(location).removeprefix("file:")  # a local path, as delta-rs and Polars take it
+    columns = ["uid", "status", "clip_score", "negclip_loss", "run_id"]
+    ours = spark.table("props_schema.scores").select(*columns).toPandas().sort_values("uid").reset_index(drop=True)
+    assert len(ours) == len(rows) and set(ours["run_id"]) == {result.run_id}
+    rs = deltalake.DeltaTable(location).to_pyarrow_table(columns=columns).to_pandas()
+    polars = pl.read_delta(location, columns=columns).to_pandas()
+    for theirs in (rs, polars):
+        theirs = theirs.sort_values("uid").reset_index(drop=True)
+        pd.testing.assert_frame_equal(theirs, ours, check_dtype=False)

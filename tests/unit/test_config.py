@@ -737,7 +737,7 @@ def test_from_yaml_names_the_key_path(tmp_path: Path) -> None:
 
 #: The only score-config keys left out of the run id.
 NOT_SCORED_KEYS = {
-    "output.table", "output.path", "output.format", "run_id", "spark.app_name", "spark.conf",
+    "output.table", "output.path", "output.format", "output.properties", "run_id", "spark.app_name", "spark.conf",
     "negclip.block_rows", "normsim.closure_max_mb", "normsim.staging_dir", "normsim.block_size",
     "normsim.targets.path",
 }  # fmt: skip
@@ -774,3 +774,12 @@ def test_run_id_changes_with_scores_only(tmp_path: Path) -> None:
     assert run_id(negclip={"block_rows": 1024}) == base
     assert run_id(output={"path": "/elsewhere"}) == base
     assert run_id(spark={"conf": {"spark.sql.shuffle.partitions": "8"}}) == base
+
+
+def test_output_properties_are_checked() -> None:
+    err = _score_error(_score(output={"path": "/tmp/s", "properties": {"bad name": "x"}}))
+    assert err.key == "output.properties.bad name"
+    err = _score_error(_score(output={"path": "/tmp/s", "format": "parquet", "properties": {"comment": "x"}}))
+    assert err.key in ("output.properties", "output.format")
+    cfg = from_dict(ScoreConfig, _score(output={"path": "/tmp/s", "properties": {"delta.appendOnly": False}}))
+    assert dict(cfg.output.properties) == {"delta.appendOnly": "false"}
