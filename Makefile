@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PYTHON))
 export CLIPSIFT_JARS := $(abspath $(JARS))
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup test-data demo test bench lint clean
+.PHONY: setup test-data demo test bench lint dist clean
 
 # Debian packages of real test data: tuxpaint stamps with captions, scikit-image's photos, Fashion-MNIST,
 # WordNet 3.0 (the text-based filter).
@@ -52,9 +52,14 @@ test: setup
 bench: setup
 	$(PYTHON) -m tests.benchmarks.run --out bench-output
 
+# dist/clipsift.zip: the package for executors (spark-submit --py-files; PySpark puts .zip files on their path).
+dist: setup
+	rm -rf dist && $(PYTHON) -m pip wheel -q --no-deps -w dist .
+	cp dist/clipsift-*.whl dist/clipsift.zip
+
 lint: setup
 	$(VENV)/bin/ruff check clipsift/__init__.py clipsift/__main__.py udfs jobs tests
 	$(VENV)/bin/mypy -p clipsift
 
 clean:
-	rm -rf demo-output bench-output spark-warehouse metastore_db derby.log
+	rm -rf demo-output bench-output spark-warehouse metastore_db derby.log dist build

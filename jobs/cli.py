@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 USAGE = """usage: clipsift COMMAND [options]    (clipsift COMMAND --help: its options and config sections)
        clipsift --version
+       clipsift --verbose COMMAND ...       (also Spark's own INFO log; quiet by default)
 
 commands:
   embed    open_clip embeddings into a Delta table (clipsift embed --config embed.yaml [--set k=v ...])
@@ -35,6 +36,9 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch to a job's ``main``."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in args:  # Spark's own INFO log too (read by jobs.session.get_spark)
+        args.remove("--verbose")
+        os.environ["CLIPSIFT_VERBOSE"] = "1"
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if args else 2

@@ -18,6 +18,9 @@ from clipsift.jobs.config import ConfigError, JobConfig, from_argv
 C = TypeVar("C", bound=JobConfig)
 R = TypeVar("R")
 
+#: Set to 1 (``clipsift --verbose``) to keep Spark's own INFO log.
+VERBOSE_ENV = "CLIPSIFT_VERBOSE"
+
 #: Folder (or glob) of the Delta jars; set by `make setup`. Without it the jars come from spark.jars.packages.
 JARS_ENV = "CLIPSIFT_JARS"
 
@@ -43,6 +46,8 @@ def get_spark(app_name: str = "clipsift", conf: Mapping[str, str] | None = None)
     if active is not None:
         return active
     settings = dict(DELTA_CONF)
+    if os.environ.get(VERBOSE_ENV) != "1":
+        settings["spark.log.level"] = "WARN"  # Spark's INFO log is thousands of lines; `clipsift --verbose` keeps it
     settings.update(_delta_jars())
     settings.update(conf or {})
     builder = SparkSession.builder.appName(app_name)

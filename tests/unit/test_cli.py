@@ -99,3 +99,16 @@ def test_yaml_syntax_errors_are_one_line_naming_file_line_and_key(tmp_path: Path
     latin.write_bytes("input: {kind: datacomp, path: /caf\xe9}\n".encode("latin-1"))
     line = _one_line_error(_clipsift("score", "--config", str(latin)))
     assert "latin.yaml" in line and "not UTF-8" in line
+
+
+def test_verbose_is_taken_off_the_arguments_and_keeps_sparks_log() -> None:
+    import os
+
+    from clipsift.jobs import cli
+
+    os.environ.pop("CLIPSIFT_VERBOSE", None)
+    try:
+        assert cli.main(["--verbose", "--version"]) == 0
+        assert os.environ.get("CLIPSIFT_VERBOSE") == "1"
+    finally:
+        os.environ.pop("CLIPSIFT_VERBOSE", None)

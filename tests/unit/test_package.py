@@ -4,13 +4,14 @@ and the public API's names (no Spark: each check runs in a fresh interpreter).""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from tests.support.package import build_wheel
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,19 +26,7 @@ def _python(code: str, cwd: Path, env: dict[str, str] | None = None) -> subproce
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel ``pip wheel .`` builds from a copy of this checkout (setuptools from PyPI, as any user's build;
-    a copy, since setuptools writes build/ and egg-info beside the sources)."""
-    out = tmp_path_factory.mktemp("wheel")
-    source = tmp_path_factory.mktemp("source") / "clipsift"
-    skip = shutil.ignore_patterns(".git", ".venv", ".jars", ".cache", "build", "*.egg-info", "__pycache__", "*-output")
-    shutil.copytree(ROOT, source, symlinks=True, ignore=skip)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    (built,) = out.glob("clipsift-*.whl")
-    return built
+    return build_wheel(tmp_path_factory.mktemp("build"))
 
 
 def test_the_wheel_installs_clipsift_jobs_and_udfs_and_no_top_level_jobs(wheel: Path) -> None:
