@@ -15,7 +15,8 @@ commands:
   embed    open_clip embeddings into a Delta table (clipsift embed --config embed.yaml [--set k=v ...])
   score    score a pool into a Delta table      (clipsift score --config score.yaml [--set k=v ...])
   clipselect  CLIP-powered selection scores    (clipsift clipselect --config clipselect.yaml [--set k=v ...])
-  select   selections over scores as SQL views  (clipsift select --config select.yaml [--set k=v ...])
+  select   selections over scores as SQL views  (clipsift select --config select.yaml [--set k=v ...] [--recreate])
+  sql      run SQL over the jobs' catalog        (clipsift sql "SELECT ..." | --file FILE [--catalog DIR])
   synth    write a synthetic DataComp-style pool (clipsift synth --out DIR)
   demo     synth + score + select + a summary    (clipsift demo --out DIR)
 """
@@ -28,6 +29,7 @@ COMMANDS = {
     "score": "clipsift.jobs.score",
     "clipselect": "clipsift.jobs.clipselect",
     "select": "clipsift.jobs.select",
+    "sql": "clipsift.jobs.query",
     "synth": "clipsift.jobs.demo.synth",
     "demo": "clipsift.jobs.demo.job",
 }

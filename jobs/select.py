@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from clipsift.jobs import io
@@ -219,9 +219,50 @@ def _record(spark: SparkSession, cfg: SelectConfig, run_id: str, results: Sequen
     io.overwrite_table(df, ref)
 
 
+def recreate_views(spark: SparkSession, cfg: SelectConfig) -> list[str]:
+    """Create again the views recorded in ``<scores>_selections`` (the latest SQL of each), a view before the
+    views that read it, e.g. in a new session whose catalog lost them. Returns the views in the order created."""
+    ref = io.sibling(cfg.scores, "selections")
+    if not io.table_exists(spark, ref):
+        raise ConfigError("scores", f"no selections table '{ref.label}'; run clipsift select first")
+    latest = Window.partitionBy("view").orderBy(F.col("created_at").desc())
+    recorded = io.read_table_ref(spark, ref).withColumn("_n", F.row_number().over(latest)).where("_n = 1")
+    sql = {r["view"]: r["sql"] for r in recorded.select("view", "sql").collect()}  # one row per view
+    io.ensure_schema(spark, cfg.view_schema)
+    order = _dependency_order({view: {v for v in sql if v != view and v in text} for view, text in sql.items()})
+    for view in order:
+        spark.sql(f"CREATE OR REPLACE VIEW {view} AS {sql[view]}")
+    return order
+
+
+def _dependency_order(needs: dict[str, set[str]]) -> list[str]:
+    """Names with each after the names it needs (Kahn's algorithm; ties by name, so the order is stable)."""
+    order: list[str] = []
+    waiting = {name: set(deps) for name, deps in needs.items()}
+    while waiting:
+        ready = sorted(name for name, deps in waiting.items() if not deps)
+        if not ready:
+            raise ValueError(f"views that read each other in a cycle: {sorted(waiting)}")
+        for name in ready:
+            order.append(name)
+            del waiting[name]
+        for deps in waiting.values():
+            deps.difference_update(ready)
+    return order
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: ``clipsift select --config select.yaml [--set key=value ...]``; 2 on a bad config or path."""
-    return job_main("clipsift select", SelectConfig, run, _summary, argv)
+    """Entry point: ``clipsift select --config select.yaml [--set key=value ...] [--recreate]``; 2 on a bad config
+    or path. ``--recreate`` creates the recorded views again instead of selecting."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--recreate" in args:
+        args.remove("--recreate")
+        return job_main("clipsift select", SelectConfig, recreate_views, _recreated, args)
+    return job_main("clipsift select", SelectConfig, run, _summary, args)
+
+
+def _recreated(views: list[str]) -> str:
+    return "\n".join(f"clipsift select: recreated {view}" for view in views)
 
 
 def _summary(results: list[SelectionResult]) -> str:

@@ -30,7 +30,9 @@ DELTA_CONF = {
 }
 
 
-def get_spark(app_name: str = "clipsift", conf: Mapping[str, str] | None = None) -> SparkSession:
+def get_spark(
+    app_name: str = "clipsift", conf: Mapping[str, str] | None = None, local_catalog: str | None = None
+) -> SparkSession:
     """Return the active SparkSession, or build one with Delta Lake configured.
 
     The master is never set here: spark-submit, Databricks or the ``spark.master`` setting decide.
@@ -41,6 +43,8 @@ def get_spark(app_name: str = "clipsift", conf: Mapping[str, str] | None = None)
     Args:
         app_name: Spark application name.
         conf: extra ``spark.*`` settings applied when a new session is built.
+        local_catalog: a folder for a persistent local catalog (:func:`local_catalog_conf`), used when the session
+            built here runs locally and ``conf`` chooses no catalog.
     """
     active = SparkSession.getActiveSession()
     if active is not None:
@@ -50,10 +54,28 @@ def get_spark(app_name: str = "clipsift", conf: Mapping[str, str] | None = None)
         settings["spark.log.level"] = "WARN"  # Spark's INFO log is thousands of lines; `clipsift --verbose` keeps it
     settings.update(_delta_jars())
     settings.update(conf or {})
+    local = str(settings.get("spark.master", "local")).startswith("local")
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit or a shell started the JVM: its conf decides
+    if local_catalog and local and not submitted and "spark.sql.catalogImplementation" not in settings:
+        settings.update(local_catalog_conf(local_catalog, settings.get("spark.driver.extraJavaOptions")))
     builder = SparkSession.builder.appName(app_name)
     for key, value in settings.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+def local_catalog_conf(folder: str, java_options: str | None = None) -> dict[str, str]:
+    """Settings of a local catalog kept in ``folder``: Spark's Hive-compatible metastore (embedded Derby, one
+    process at a time) in ``folder/metastore_db`` and managed tables in ``folder/warehouse``."""
+    root = os.path.abspath(folder)
+    os.makedirs(root, exist_ok=True)
+    derby = f"-Dderby.system.home={root}"
+    return {
+        "spark.sql.catalogImplementation": "hive",
+        "spark.sql.warehouse.dir": os.path.join(root, "warehouse"),
+        "spark.hadoop.javax.jdo.option.ConnectionURL": f"jdbc:derby:;databaseName={root}/metastore_db;create=true",
+        "spark.driver.extraJavaOptions": f"{java_options} {derby}" if java_options else derby,
+    }
 
 
 def _delta_jars() -> dict[str, str]:
@@ -119,7 +141,7 @@ def job_main(
     """
     try:
         cfg = from_argv(config, prog, argv)
-        result = run(get_spark(cfg.spark.app_name, cfg.spark.conf), cfg)
+        result = run(get_spark(cfg.spark.app_name, cfg.spark.conf, cfg.spark.local_catalog), cfg)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2

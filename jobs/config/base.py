@@ -150,6 +150,10 @@ class SparkSettings(Section):
     app_name: str = "clipsift"
     conf: Mapping[str, str] = field(default_factory=dict)
     """Extra ``spark.*`` settings, e.g. ``spark.sql.shuffle.partitions``."""
+    local_catalog: str | None = "clipsift-catalog"
+    """When clipsift starts a local Spark itself: the folder of its catalog (a Hive metastore and warehouse), so
+    schemas, tables by name and views outlive the run and ``clipsift sql`` sees them. Null: Spark's in-memory
+    catalog. Not used on a cluster, under spark-submit or where a session is already active (Databricks)."""
 
 
 # Loading

@@ -41,7 +41,7 @@ def write_configs(out: Path, *, batch_size: int, rounds: int) -> tuple[Path, Pat
         # The label-free CLIP-powered selection scores (sas, sds within k-means clusters of the images).
         "baselines": {"kmeans": {"clusters": 64, "iterations": 10, "seed": 0}},
         "clipselect": {"enabled": True, "k": 10},
-        "spark": {"app_name": "clipsift-demo", "conf": SPARK_CONF},
+        "spark": {"app_name": "clipsift-demo", "conf": SPARK_CONF, "local_catalog": str(out / "catalog")},
     }
     select_cfg = {
         "scores": {"path": str(out / "scores")},
@@ -56,7 +56,7 @@ def write_configs(out: Path, *, batch_size: int, rounds: int) -> tuple[Path, Pat
             {"name": "both30", "rule": "intersect", "of": ["clipscore30", "ncl30"]},
             {"name": "clipselect30", "rule": "clipselect", "fraction": 0.3, "lam": 0.1},
         ],
-        "spark": {"app_name": "clipsift-demo", "conf": SPARK_CONF},
+        "spark": {"app_name": "clipsift-demo", "conf": SPARK_CONF, "local_catalog": str(out / "catalog")},
     }  # fmt: skip
     score_path, select_path = out / "score.yaml", out / "select.yaml"
     score_path.write_text(yaml.safe_dump(score_cfg, sort_keys=False))
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     score_path, select_path = write_configs(out, batch_size=args.batch_size, rounds=args.rounds)
 
     score_cfg = load(ScoreConfig, score_path)
-    spark = get_spark(score_cfg.spark.app_name, score_cfg.spark.conf)
+    spark = get_spark(score_cfg.spark.app_name, score_cfg.spark.conf, score_cfg.spark.local_catalog)
     result = score.run(spark, score_cfg)
     statuses = ", ".join(f"{k}={v}" for k, v in sorted(result.by_status.items()))
     print(f"clipsift demo: scored {result.rows_out} of {result.rows_in} rows ({statuses}) as run "
@@ -141,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(summarize(spark, out, result.run_id))
     print(f"\nclipsift demo: done in {time.time() - t0:.1f}s. Configs: {score_path}, {select_path}")
+    print(f"The views outlive the demo: clipsift sql --catalog {out / 'catalog'} \"SELECT COUNT(*) FROM ncl30\"")
     return 0
 
 
