@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from clipsift.jobs import io, select
 from clipsift.jobs.config import SelectConfig, load
 from clipsift.udfs.schemas import STATUS
-from clipsift.jobs.transforms import BASE_SCORE_COLUMNS
+from clipsift.udfs.score import NEGCLIP_COLUMNS
 
 # COMMAND ----------
 
@@ -30,7 +30,7 @@ dbutils.widgets.text("metadata", "", "DataComp metadata folder (empty: the run's
 cfg = load(SelectConfig, dbutils.widgets.get("config"))
 run_id = dbutils.widgets.get("run_id") or cfg.run_id or select.latest_run(spark, cfg)
 scores = io.read_table_ref(spark, cfg.scores).where(F.col("run_id") == run_id)
-score_columns = [c for c in scores.columns if c in BASE_SCORE_COLUMNS or c.startswith("normsim_")]
+score_columns = [c for c in scores.columns if c in ("clip_score", *NEGCLIP_COLUMNS) or c.startswith("normsim_")]
 normsim_inf = [c for c in score_columns if c.startswith("normsim_inf_")]
 scores.createOrReplaceTempView("run_scores")
 print(f"{cfg.scores.label}, run {run_id}: score columns {score_columns}")
@@ -121,16 +121,20 @@ display(ranked.groupBy("clip_decile", "ncl_decile").count().orderBy("clip_decile
 
 # MAGIC %md
 # MAGIC ## Captions
-# MAGIC Captions come from the DataComp parquet shards (`uid`, `text`), joined on `uid`. Only `*.parquet` files are
-# MAGIC read: the folder also holds the `.npz` embeddings.
+# MAGIC The score table keeps each pair's caption (`text`, from the pool's metadata). With the `metadata` widget set,
+# MAGIC captions come from those DataComp parquet shards (`uid`, `text`) instead, joined on `uid`; only `*.parquet`
+# MAGIC files are read: the folder also holds the `.npz` embeddings.
 
 # COMMAND ----------
 
-metadata = dbutils.widgets.get("metadata") or runs.select("input").first()["input"]
-captions = spark.read.option("pathGlobFilter", "*.parquet").parquet(metadata).select("uid", "text")
-with_text = ranked.join(captions, "uid")
+metadata = dbutils.widgets.get("metadata")
+if metadata:
+    captions = spark.read.option("pathGlobFilter", "*.parquet").parquet(metadata).select("uid", "text")
+    with_text = ranked.drop("text").join(captions, "uid")
+else:
+    with_text = ranked
 with_text.createOrReplaceTempView("run_captions")
-print(f"captions from {metadata}")
+print(f"captions from {metadata or 'the score table'}")
 
 # COMMAND ----------
 
