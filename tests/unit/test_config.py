@@ -738,6 +738,7 @@ def test_from_yaml_names_the_key_path(tmp_path: Path) -> None:
 #: The only score-config keys left out of the run id.
 NOT_SCORED_KEYS = {
     "output.table", "output.path", "output.format", "output.properties", "run_id", "spark.app_name", "spark.conf",
+    "spark.local_catalog",
     "negclip.block_rows", "normsim.closure_max_mb", "normsim.staging_dir", "normsim.block_size",
     "normsim.targets.path",
 }  # fmt: skip
