@@ -44,7 +44,7 @@ from clipsift.jobs.baselines import (
 )
 from clipsift.jobs.config import ConfigError, NormSimConfig, ScoreConfig, scores_basis, to_dict
 from clipsift.jobs.normsim2d import normsim2_dynamic_survival
-from clipsift.jobs.session import job_description, job_main
+from clipsift.jobs.session import Progress, job_description, job_main
 from clipsift.jobs.transforms import (
     normsim_column,
     with_checked_embeddings,
@@ -288,10 +288,15 @@ class ScoreResult:
 def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
     """Score the pool of ``cfg.input`` and write this run's rows of ``cfg.output``."""
     started = time.time()
+    progress = Progress(spark, "clipsift score")
     io.ensure_schema(spark, cfg.output)
-    scored = _score(io.read_pool(spark, cfg.input), cfg)
+    with progress.step("read and check the pool") as step:
+        scored = _score(io.read_pool(spark, cfg.input), cfg)
+        step["rows"] = scored.rows_in
     run_id, rows_in, lineage = scored.run_id, scored.rows_in, scored.lineage
-    io.replace_partition(scored.frame, cfg.output, "run_id", run_id)
+    with progress.step(f"score and write run {run_id}") as step:
+        io.replace_partition(scored.frame, cfg.output, "run_id", run_id)
+        step["rows"] = rows_in
     scored.checked.unpersist()
 
     written = io.read_table_ref(spark, cfg.output).where(F.col("run_id") == run_id)

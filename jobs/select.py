@@ -25,7 +25,7 @@ from clipsift.jobs import io
 from clipsift.jobs.config import ConfigError, SelectConfig, SelectionConfig, to_dict
 from clipsift.jobs.cutoffs import Cutoff, clipselect_criterion, keep_condition, keep_sql, sql_double, top_n_cutoff
 from clipsift.jobs.io import quote_ident, sql_string
-from clipsift.jobs.session import job_main
+from clipsift.jobs.session import Progress, job_main
 from clipsift.jobs.transforms import CLIPSELECT_COLUMNS
 from clipsift.udfs.schemas import STATUS
 
@@ -73,20 +73,23 @@ def run(spark: SparkSession, cfg: SelectConfig) -> list[SelectionResult]:
     columns = ", ".join(quote_ident(c) for c in scores.columns)
     views: dict[str, str] = {}
     results = []
+    progress = Progress(spark, "clipsift select")
     for sel in cfg.selections:
-        condition, source, cutoffs = _render(sel, pool, pool_rows, base, views)
-        view = _view_name(cfg, sel.name)
-        sql = f"SELECT {columns} FROM {source} AND ({condition})"
-        spark.sql(f"CREATE OR REPLACE VIEW {view} AS {sql}")
-        views[sel.name] = view
-        rows = spark.table(view).count()
-        results.append(SelectionResult(sel.name, view, sel.rule, rows, pool_rows, cutoffs, sql))
-        if sel.materialize is not None:
-            io.overwrite_table(
-                spark.table(view).select("uid", F.lit(sel.name).alias("selection"), "run_id"), sel.materialize
-            )
-        if sel.export_npy is not None:
-            export_subset(spark.table(view), sel.export_npy)
+        with progress.step(f"view {sel.name} ({sel.rule})") as step:
+            condition, source, cutoffs = _render(sel, pool, pool_rows, base, views)
+            view = _view_name(cfg, sel.name)
+            sql = f"SELECT {columns} FROM {source} AND ({condition})"
+            spark.sql(f"CREATE OR REPLACE VIEW {view} AS {sql}")
+            views[sel.name] = view
+            rows = spark.table(view).count()
+            step["rows"] = rows
+            results.append(SelectionResult(sel.name, view, sel.rule, rows, pool_rows, cutoffs, sql))
+            if sel.materialize is not None:
+                io.overwrite_table(
+                    spark.table(view).select("uid", F.lit(sel.name).alias("selection"), "run_id"), sel.materialize
+                )
+            if sel.export_npy is not None:
+                export_subset(spark.table(view), sel.export_npy)
     _record(spark, cfg, run_id, results)
     return results
 

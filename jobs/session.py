@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import metadata
@@ -126,6 +127,29 @@ def session_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[N
                 spark.conf.unset(key)
             else:
                 spark.conf.set(key, old)
+
+
+class Progress:
+    """A job's steps, named in the Spark UI (job descriptions) and printed on stderr as they end: the step, its
+    rows, the time it took and rows/s, e.g. ``clipsift score: write: 100,000 rows in 41.2s (2,427 rows/s)``."""
+
+    def __init__(self, spark: SparkSession, job: str) -> None:
+        self.spark = spark
+        self.job = job
+        self.started = time.time()
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[dict[str, int]]:
+        """Run a step; set ``["rows"]`` on the yielded dict to report its row count."""
+        counts: dict[str, int] = {}
+        began = time.time()
+        with job_description(self.spark, f"{self.job}: {name}"):
+            yield counts
+        seconds = time.time() - began
+        rows = counts.get("rows")
+        rate = f" ({rows / seconds:,.0f} rows/s)" if rows and seconds > 0 else ""
+        done = f"{rows:,} rows in {seconds:.1f}s{rate}" if rows is not None else f"{seconds:.1f}s"
+        print(f"{self.job}: {name}: {done} [{time.time() - self.started:.0f}s]", file=sys.stderr, flush=True)
 
 
 def job_main(
