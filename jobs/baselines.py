@@ -16,7 +16,14 @@ from pyspark.sql import functions as F
 
 from clipsift.jobs import io
 from clipsift.jobs.config import KMEANS_PARALLEL_MAX_K, KMeansConfig
-from clipsift.udfs.baselines import DEDUP_DDL, caption_filters_udf, dedup_group_fn, nearest_centroid_udf
+from clipsift.udfs.baselines import (
+    DEDUP_DDL,
+    PACKAGED,
+    CaptionResources,
+    caption_filters_udf,
+    dedup_group_fn,
+    nearest_centroid_udf,
+)
 from clipsift.udfs.kernels import nearest_centroid
 from clipsift.udfs.score import TargetHandle, target_rows
 
@@ -86,9 +93,11 @@ def target_clusters(
     return sorted(int(r["cluster"]) for r in found.collect())
 
 
-def with_caption_filters(df: DataFrame, *, text_based: bool) -> DataFrame:
+def with_caption_filters(
+    df: DataFrame, *, text_based: bool, resources: CaptionResources = PACKAGED
+) -> DataFrame:
     """Add the caption-side baseline columns (:data:`CAPTION_COLUMNS`) from ``text`` and the image size."""
-    udf = caption_filters_udf(text_based)
+    udf = caption_filters_udf(text_based, resources)
     return df.withColumn("_captions", udf("text", "original_width", "original_height")).select(
         *df.columns, *(F.col(f"_captions.{c}").alias(c) for c in CAPTION_COLUMNS)
     )

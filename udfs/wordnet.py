@@ -60,7 +60,7 @@ DATACOMP_IN21K_SHA256 = "66362bdedf36d933382edca5493fc562dcc17128ce36403c9e730a7
 WORD_CACHE_SIZE = 1 << 20
 
 _TIMM_IN21K = ("data", "_info", "imagenet21k_goog_synsets.txt")
-_INSTALL_HINT = "apt-get install wordnet-base (or pass wordnet_dir= a WordNet 3.0 dict/ folder)"
+_INSTALL_HINT = "apt-get install wordnet-base, or set baselines.wordnet_dir to a WordNet 3.0 dict/ folder"
 
 #: nltk's part-of-speech order for ``synsets(word)`` and the file suffix of each.
 _POS_FILES = (("n", "noun"), ("v", "verb"), ("a", "adj"), ("r", "adv"))
@@ -118,8 +118,8 @@ def imagenet21k_synsets_path() -> Path:
         if path.is_file():
             return path
     raise FileNotFoundError(
-        "timm's imagenet21k_goog_synsets.txt was not found (pip install timm, or pass synset_ids_path= "
-        "DataComp's imagenet21k_wordnet_ids.txt)"
+        "timm's imagenet21k_goog_synsets.txt was not found: pip install timm (--no-deps is enough: only the list "
+        "is read), or set baselines.imagenet21k_synsets to DataComp's imagenet21k_wordnet_ids.txt"
     )
 
 

