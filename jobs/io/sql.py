@@ -25,7 +25,8 @@ def sql_string(value: str) -> str:
 def sibling(ref: TableRef, suffix: str) -> TableRef:
     """The companion table of ``ref`` (``<name>_<suffix>`` beside it), e.g. the runs table; it gets the table
     properties of an :class:`OutputRef`."""
-    properties = ref.properties if isinstance(ref, OutputRef) else {}
-    if ref.table is not None:
-        return OutputRef(table=f"{ref.table}_{suffix}", properties=properties)
-    return OutputRef(path=f"{str(ref.path).rstrip('/')}_{suffix}", properties=properties)
+    table = f"{ref.table}_{suffix}" if ref.table is not None else None
+    path = f"{str(ref.path).rstrip('/')}_{suffix}" if ref.table is None else None
+    if isinstance(ref, OutputRef):
+        return OutputRef(table=table, path=path, properties=ref.properties)
+    return TableRef(table=table, path=path)
