@@ -39,13 +39,7 @@ print(json.dumps(to_dict(cfg), indent=2))
 # COMMAND ----------
 
 # MAGIC %md
-# MAGIC The output table's schema must exist before the first run (catalog tables only).
-
-# COMMAND ----------
-
-if cfg.output.table is not None and "." in cfg.output.table:
-    schema = cfg.output.table.rsplit(".", 1)[0]
-    spark.sql(f"CREATE SCHEMA IF NOT EXISTS {'.'.join(io.quote_ident(p) for p in schema.split('.'))}")
+# MAGIC The run creates the output table's schema when it does not exist yet (catalog tables only).
 
 # COMMAND ----------
 
