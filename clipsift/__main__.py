@@ -7,7 +7,7 @@ spark-submit needs a ``.py`` file, not a console script::
 
 runs the same :func:`clipsift.jobs.cli.main` as the ``clipsift`` command. The file's folder goes first on
 ``sys.path``; it holds only clipsift's own ``jobs`` and ``udfs`` folders, which shadow no standard-library
-module (``jobs/select.py`` and ``jobs/io.py`` would, were ``jobs/`` itself first on the path).
+module (``jobs/select.py`` would, were ``jobs/`` itself first on the path).
 """
 
 import sys

@@ -107,7 +107,7 @@ def _one_model(df: DataFrame, cfg: InputConfig) -> DataFrame:
 
 
 def read_pool(spark: SparkSession, cfg: InputConfig) -> DataFrame:
-    """The pool as rows of :data:`clipsift.jobs.schemas.POOL_SCHEMA`, from DataComp shards or a table."""
+    """The pool as rows of :data:`clipsift.udfs.schemas.POOL_ARROW`, from DataComp shards or a table."""
     if cfg.kind == "datacomp":
         return read_datacomp(spark, str(cfg.path), cfg.arch)
     return read_table(spark, cfg)
