@@ -51,3 +51,37 @@ def test_notebooks_01_02_03_run_top_to_bottom(spark: SparkSession, configs: dict
     )
     captions = [rows for rows in explored if rows and "text" in rows[0].asDict()]
     assert captions and all(r["text"] for r in captions[0])
+
+
+def test_notebook_04_clipselect_runs_top_to_bottom(spark: SparkSession, tmp_path: Path) -> None:
+    """The CLIP-powered selection notebook with the example configs, on a small labelled embedding table and the
+    tiny open_clip model (random weights: this checks the notebook runs, not the scores)."""
+    import numpy as np
+
+    from tests.support.models import TINY_NAME, write_tiny_config
+
+    rng = np.random.default_rng(3)
+    n, classes = 240, ["tench", "goldfish", "shark"]
+    emb = rng.normal(size=(n, 32)).astype(np.float32)
+    rows = [(f"u{i:04d}", emb[i].tolist(), int(rng.integers(0, len(classes)))) for i in range(n)]
+    spark.sql("CREATE SCHEMA IF NOT EXISTS clipsift")
+    spark.createDataFrame(rows, "uid string, image_emb array<float>, label bigint").write.mode("overwrite").format(
+        "delta"
+    ).saveAsTable("clipsift.imagenet_embeddings")
+    overrides = [
+        "input.model=null", f"classes=[{', '.join(classes)}]", f"model.name={TINY_NAME}", "model.pretrained=null",
+        f"model.config_json={write_tiny_config(tmp_path / 'model')}", "model.threads=1",
+        f"adapters.save_path={tmp_path / 'adapters'}", "adapters.epochs=2", "adapters.batch_size=64", "k=5",
+    ]  # fmt: skip
+    shown = run_notebook(
+        ROOT / "notebooks" / "04_clipselect.py", spark,
+        {
+            "config": str(ROOT / "examples" / "clipselect.yaml"),
+            "select_config": str(ROOT / "examples" / "select_clipselect.yaml"),
+            "overrides": "; ".join(overrides),
+        },
+    )  # fmt: skip
+    by_status = {row["status"]: row["count"] for row in shown[0]}
+    assert by_status == {"ok": n}
+    assert spark.table("clipsift.cs_keep50").count() == n // 2
+    assert spark.table("clipsift.imagenet_keep50").count() == n // 2
