@@ -48,7 +48,7 @@ from clipsift.jobs.baselines import centroid_handle, fit_kmeans, with_clusters
 from clipsift.jobs.config import ClipSelectConfig, KMeansConfig, to_dict
 from clipsift.jobs.cutoffs import clipselect_criterion
 from clipsift.jobs.embed import model_spec
-from clipsift.jobs.session import job_description, job_main
+from clipsift.jobs.session import Progress, job_description, job_main
 from clipsift.jobs.transforms import with_duplicate_uids, with_sas, with_sds
 from clipsift.udfs.adapters import AdapterPair, apply_text, save_adapters, train_adapters
 from clipsift.udfs.clipselect import PACKED_DDL, AdapterWeights, pack_rows_fn, unpack_rows
@@ -77,18 +77,20 @@ def run(spark: SparkSession, cfg: ClipSelectConfig) -> ClipSelectResult:
     started = time.time()
     started_at = datetime.now(timezone.utc)
     run_id = cfg.run_id or derive_run_id(cfg)
+    progress = Progress(spark, "clipsift clipselect")
     io.ensure_schema(spark, cfg.output)
-    raw = io.read_labelled_table(spark, cfg.input)
-    dim = io.detect_dim(raw, hint="check input.image_col")
-    n_classes = len(cfg.classes) if cfg.labelled else None
-    checked = (
-        raw.withColumn("_rid", F.monotonically_increasing_id())
-        .transform(with_status, dim=dim, n_classes=n_classes)
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
-    rows_in = checked.count()
-    ok = checked.where(F.col("status") == STATUS.OK)
-    n_ok = ok.count()
+    with progress.step("read and check the input") as step:
+        raw = io.read_labelled_table(spark, cfg.input)
+        dim = io.detect_dim(raw, hint="check input.image_col")
+        n_classes = len(cfg.classes) if cfg.labelled else None
+        checked = (
+            raw.withColumn("_rid", F.monotonically_increasing_id())
+            .transform(with_status, dim=dim, n_classes=n_classes)
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        rows_in = step["rows"] = checked.count()
+        ok = checked.where(F.col("status") == STATUS.OK)
+        n_ok = ok.count()
 
     lineage: dict[str, Any] = {"input": cfg.input.label, "model": cfg.model.name, "code_version": clipsift.__version__}
     final_loss: float | None = None
@@ -164,7 +166,9 @@ def run(spark: SparkSession, cfg: ClipSelectConfig) -> ClipSelectResult:
         F.lit(started_at).cast("timestamp").alias("scored_at"),
         F.lit(run_id).alias("run_id"),
     )  # fmt: skip
-    io.replace_partition(out, cfg.output, "run_id", run_id)
+    with progress.step(f"score and write run {run_id}") as step:
+        io.replace_partition(out, cfg.output, "run_id", run_id)
+        step["rows"] = rows_in
     checked.unpersist()
     if scored is not None:
         scored.unpersist()
