@@ -8,6 +8,7 @@ Writes: ``<out>/pool/`` (shards + target), ``<out>/score.yaml``, ``<out>/select.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from pyspark.sql import functions as F
 from clipsift.jobs import score, select
 from clipsift.jobs.config import ScoreConfig, SelectConfig, load
 from clipsift.jobs.demo.synth import SynthSpec, generate_pool, generate_target
-from clipsift.jobs.session import get_spark
+from clipsift.jobs.session import JARS_ENV, get_spark
 
 SPARK_CONF = {
     "spark.sql.shuffle.partitions": "4",
@@ -141,7 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(summarize(spark, out, result.run_id))
     print(f"\nclipsift demo: done in {time.time() - t0:.1f}s. Configs: {score_path}, {select_path}")
-    print(f"The views outlive the demo: clipsift sql --catalog {out / 'catalog'} \"SELECT COUNT(*) FROM ncl30\"")
+    jars = os.environ.get(JARS_ENV)
+    command = f"{JARS_ENV}={jars} " if jars else ""  # where make setup put Delta's jars, as this run found them
+    command += f"{sys.executable} -m clipsift sql --catalog {out / 'catalog'}"
+    print(f'The views outlive the demo: {command} "SELECT COUNT(*) FROM ncl30"')
     return 0
 
 
