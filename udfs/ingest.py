@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from clipsift.udfs.arrow import from_matrix
 from clipsift.udfs.kernels import l2_normalize
@@ -66,13 +67,20 @@ def first_problem(
     batch: pa.RecordBatch, dim: int, embeddings: Sequence[tuple[str, str]], earlier: Problems | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
     """``status`` (``ok`` or the first problem) and ``error`` of each row: ``earlier`` problems (a reader's),
-    then a null uid, then each embedding column in ``embeddings`` (``(column, what)`` pairs) by
+    then a null or empty uid, then each embedding column in ``embeddings`` (``(column, what)`` pairs) by
     :func:`check_column`. Also returns each column's ``(unit rows, norms)``.
     """
     n = batch.num_rows
-    uid_null = np.asarray(batch.column("uid").is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    uid = batch.column("uid")
+    uid_null = np.asarray(uid.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     uid_s = np.full(n, None, dtype=object)
     uid_e = np.full(n, None, dtype=object)
+    if pa.types.is_string(uid.type) or pa.types.is_large_string(uid.type):
+        # "" (or blanks) is no identity: every such row would be a duplicate of the others, or join anything.
+        blank = pc.equal(pc.utf8_trim_whitespace(uid), "").fill_null(False)
+        uid_empty = np.asarray(blank.to_numpy(zero_copy_only=False), dtype=bool)
+        uid_s[uid_empty] = STATUS.NULL_UID
+        uid_e[uid_empty] = "uid is empty"
     uid_s[uid_null] = STATUS.NULL_UID
     uid_e[uid_null] = "uid is null"
     problems = [earlier] if earlier is not None else []

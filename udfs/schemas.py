@@ -14,8 +14,14 @@ class STATUS:
 
     OK = "ok"
     UNREADABLE_SHARD = "unreadable_shard"
+    """A shard that cannot be read: its parquet (one row, null uid), its npz present but corrupt or not numbers, or a
+    metadata column that does not convert (every row of the parquet)."""
     MISSING_EMBEDDING = "missing_embedding"
+    BAD_METADATA = "bad_metadata"
+    """A DataComp shard's metadata value the pool schema cannot hold (``original_width`` of 2**40, a width of 7.5):
+    the value is null, never the wrapped or truncated one, and the row is not scored."""
     NULL_UID = "null_uid"
+    """uid is null, empty or only whitespace."""
     DUPLICATE_UID = "duplicate_uid"
     NULL_EMBEDDING = "null_embedding"
     BAD_DIMENSION = "bad_dimension"

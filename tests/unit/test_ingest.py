@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from clipsift.udfs.ingest import check_batch, check_column
+from clipsift.udfs.ingest import check_batch, check_column, status_fn
 from clipsift.udfs.schemas import METADATA_COLUMNS, POOL_ARROW
 
 LIST = pa.list_(pa.float32())
@@ -88,3 +88,13 @@ def test_metadata_columns_pass_through() -> None:
     out = check_batch(pa.RecordBatch.from_arrays(cols, schema=POOL_ARROW), 2).to_pydict()
     assert out["text"] == ["a dog", None] and out["original_width"] == [640, 10]
     assert out["status"] == ["ok", "null_embedding"] and out["original_height"] == [None, None]
+
+
+def test_empty_uid_is_refused_like_a_null_uid() -> None:
+    good = [1.0, 0.0]
+    batch = _batch([good] * 4, [good] * 4, ["", "a", " \t", None])
+    out = check_batch(batch, 2).to_pydict()
+    assert out["status"] == ["null_uid", "ok", "null_uid", "null_uid"]
+    assert out["error"] == ["uid is empty", None, "uid is empty", "uid is null"]
+    marked = next(status_fn(2, [("image_emb", "image")])(iter([batch]))).to_pydict()
+    assert marked["status"] == out["status"]
