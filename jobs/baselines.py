@@ -93,9 +93,7 @@ def target_clusters(
     return sorted(int(r["cluster"]) for r in found.collect())
 
 
-def with_caption_filters(
-    df: DataFrame, *, text_based: bool, resources: CaptionResources = PACKAGED
-) -> DataFrame:
+def with_caption_filters(df: DataFrame, *, text_based: bool, resources: CaptionResources = PACKAGED) -> DataFrame:
     """Add the caption-side baseline columns (:data:`CAPTION_COLUMNS`) from ``text`` and the image size."""
     udf = caption_filters_udf(text_based, resources)
     return df.withColumn("_captions", udf("text", "original_width", "original_height")).select(

@@ -218,9 +218,9 @@ def with_status(df: DataFrame, *, dim: int, n_classes: int | None) -> DataFrame:
         outside = (label < 0) | (label >= n_classes)
         marked = marked.withColumn(
             "error",
-            F.when(ok & label.isNull(), F.lit("label is null")).when(
-                ok & outside, F.concat(F.lit("label "), label.cast("string"), F.lit(f" outside [0, {n_classes})"))
-            ).otherwise(F.col("error")),
+            F.when(ok & label.isNull(), F.lit("label is null"))
+            .when(ok & outside, F.concat(F.lit("label "), label.cast("string"), F.lit(f" outside [0, {n_classes})")))
+            .otherwise(F.col("error")),
         ).withColumn(
             "status",
             F.when(ok & label.isNull(), F.lit(STATUS.MISSING_LABEL))

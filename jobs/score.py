@@ -279,8 +279,6 @@ def output_columns(cfg: ScoreConfig) -> dict[str, str]:
     return {name: ddl for stage in in_table for name, ddl in stage.columns(cfg).items()}
 
 
-
-
 @dataclass(frozen=True)
 class ScoreResult:
     """What a score run did."""

@@ -14,16 +14,16 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 
-import numpy as np
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from clipsift.jobs import io
-from clipsift.jobs.config import ConfigError, SelectConfig, SelectionConfig, to_dict
+from clipsift.jobs.config import ConfigError, SelectConfig, SelectionConfig, TableRef, to_dict
 from clipsift.jobs.cutoffs import Cutoff, clipselect_criterion, keep_condition, keep_sql, sql_double, top_n_cutoff
+from clipsift.jobs.imports import import_condition, import_uids
 from clipsift.jobs.io import quote_ident, sql_string
 from clipsift.jobs.session import Progress, job_main
 from clipsift.jobs.transforms import CLIPSELECT_COLUMNS
@@ -43,46 +43,68 @@ class SelectionResult:
     sql: str = ""
 
 
+@dataclass(frozen=True)
+class ScoreRun:
+    """One score run a selection reads: the main one (``alias`` None) or one listed under ``join``."""
+
+    alias: str | None
+    scores: TableRef
+    run_id: str
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    """One rule as SQL over its population: keep the rows where ``condition`` holds, after computing ``derived``
+    (a column name and its SQL expression, e.g. a rank sum) over the population's rows that satisfy ``prefilter``."""
+
+    condition: str
+    cutoffs: dict[str, object]
+    derived: tuple[str, str] | None = None
+    prefilter: str | None = None
+
+
 def run(spark: SparkSession, cfg: SelectConfig) -> list[SelectionResult]:
-    """Create (or replace) every selection's view over one run of the score table."""
-    if not io.table_exists(spark, cfg.scores):
-        key = "scores.table" if cfg.scores.table is not None else "scores.path"
-        raise ConfigError(key, f"no score table at {cfg.scores.label}; run clipsift score first, or fix the {key}")
-    run_id = cfg.run_id or latest_run(spark, cfg)
+    """Create (or replace) every selection's view over one run of the score table (and the runs it joins)."""
+    runs = score_runs(spark, cfg)
     for where in (cfg.view_schema, *(s.materialize for s in cfg.selections)):
         io.ensure_schema(spark, where)
-    scores = io.read_table_ref(spark, cfg.scores)
-    pool = scores.where((F.col("run_id") == run_id) & (F.col("status") == STATUS.OK))
+    pool_sql = _pool_sql(spark, runs)
+    pool = spark.sql(pool_sql)
     pool_rows = pool.count()
     if pool_rows == 0:
-        raise ConfigError("run_id", f"run '{run_id}' of {cfg.scores.label} has no rows with status 'ok'; check run_id")
-    types = dict(scores.dtypes)
-    for sel in cfg.selections:
-        for c in _columns_used(sel):
-            if c not in scores.columns:
-                raise ConfigError(
-                    f"selections[{sel.name}]",
-                    f"column '{c}' is not in the score table (has {', '.join(scores.columns)})",
-                )
-        if sel.rule == "flag" and sel.column is not None and types[sel.column] != "boolean":
-            found = types[sel.column]
-            raise ConfigError(
-                f"selections[{sel.name}].column", f"rule 'flag' needs a boolean column; '{sel.column}' is {found}"
-            )
-    base = f"{io.sql_table(cfg.scores)} WHERE `run_id` = {sql_string(run_id)} AND `status` = {sql_string(STATUS.OK)}"
-    columns = ", ".join(quote_ident(c) for c in scores.columns)
+        which = " and ".join(f"'{r.run_id}' of {r.scores.label}" for r in runs)
+        raise ConfigError("run_id", f"no row has status 'ok' in run {which}; check run_id (and join)")
+    _check_columns(cfg, pool)
+    columns = ", ".join(quote_ident(c) for c in pool.columns)
+    common: dict[str, object] = {}
+    if cfg.join:
+        ok = _ok_rows(spark, runs)
+        common["runs"] = [{"alias": r.alias, "scores": r.scores.label, "run_id": r.run_id, "ok_rows": ok[r.alias]}
+                          for r in runs]  # fmt: skip
     views: dict[str, str] = {}
     results = []
     progress = Progress(spark, "clipsift select")
-    for sel in cfg.selections:
+    for i, sel in enumerate(cfg.selections):
         with progress.step(f"view {sel.name} ({sel.rule})") as step:
-            condition, source, cutoffs = _render(sel, pool, pool_rows, base, views)
+            population, n, within = pool, pool_rows, None
+            if sel.within is not None:
+                within = f"`uid` IN (SELECT `uid` FROM {views[sel.within]})"
+                population = pool.join(spark.table(views[sel.within]).select("uid"), "uid", "left_semi")
+                n = population.count()
+            if sel.rule == "import":
+                assert sel.source is not None
+                imports = io.sibling(cfg.scores, "imports")
+                got = import_uids(spark, sel.source, imports, pool, f"selections[{i}].source")
+                rendered = _Rendered(import_condition(imports, got.import_id), got.record())
+            else:
+                rendered = _render(_resolved(sel), population, n, views)
             view = _view_name(cfg, sel.name)
-            sql = f"SELECT {columns} FROM {source} AND ({condition})"
+            sql = _view_sql(columns, pool_sql, within, rendered)
             spark.sql(f"CREATE OR REPLACE VIEW {view} AS {sql}")
             views[sel.name] = view
             rows = spark.table(view).count()
             step["rows"] = rows
+            cutoffs = {**rendered.cutoffs, **({"within": sel.within, "population": n} if within else {}), **common}
             results.append(SelectionResult(sel.name, view, sel.rule, rows, pool_rows, cutoffs, sql))
             if sel.materialize is not None:
                 io.overwrite_table(
@@ -90,33 +112,118 @@ def run(spark: SparkSession, cfg: SelectConfig) -> list[SelectionResult]:
                 )
             if sel.export_npy is not None:
                 export_subset(spark.table(view), sel.export_npy)
-    _record(spark, cfg, run_id, results)
+    _record(spark, cfg, runs[0].run_id, results)
     return results
 
 
-def latest_run(spark: SparkSession, cfg: SelectConfig) -> str:
-    """The most recent run id in the score table's runs table."""
-    runs_ref = io.sibling(cfg.scores, "runs")
+def score_runs(spark: SparkSession, cfg: SelectConfig) -> list[ScoreRun]:
+    """The main run, then each joined run, with run ids resolved (default: the latest run of each table).
+
+    Raises:
+        ConfigError: a score table that does not exist, or one without runs.
+    """
+    runs = [ScoreRun(None, cfg.scores, cfg.run_id or "")]
+    runs += [ScoreRun(j.alias, j.scores or cfg.scores, j.run_id or "") for j in cfg.join]
+    resolved = []
+    for i, r in enumerate(runs):
+        key = "scores" if r.alias is None else f"join[{i - 1}].scores"
+        if not io.table_exists(spark, r.scores):
+            where = "table" if r.scores.table is not None else "path"
+            message = f"no score table at {r.scores.label}; run clipsift score first, or fix the {where}"
+            raise ConfigError(f"{key}.{where}", message)
+        resolved.append(ScoreRun(r.alias, r.scores, r.run_id or latest_run(spark, r.scores, key)))
+    return resolved
+
+
+def latest_run(spark: SparkSession, scores: TableRef, key: str = "scores") -> str:
+    """The most recent run id in a score table's runs table."""
+    runs_ref = io.sibling(scores, "runs")
     if not io.table_exists(spark, runs_ref):
-        where = f"beside {cfg.scores.label}"
-        raise ConfigError("scores", f"no runs table '{runs_ref.label}' {where}; run clipsift score first")
+        raise ConfigError(key, f"no runs table '{runs_ref.label}' beside {scores.label}; run clipsift score first")
     row = io.read_table_ref(spark, runs_ref).orderBy(F.col("started_at").desc()).select("run_id").first()
     if row is None:
-        raise ConfigError("scores", f"runs table '{runs_ref.label}' is empty; run clipsift score first")
+        raise ConfigError(key, f"runs table '{runs_ref.label}' is empty; run clipsift score first")
     return str(row["run_id"])
+
+
+def joined_column(name: str) -> str:
+    """The pool's column for a config's column name: ``alias.col`` (a joined run's column) is ``alias__col``."""
+    return name.replace(".", "__", 1)
+
+
+def _pool_sql(spark: SparkSession, runs: Sequence[ScoreRun]) -> str:
+    """SQL of the pool: the main run's rows with status ok, and with joined runs, their columns (but uid) as
+    ``<alias>__<column>``, joined by uid over rows ok in every run."""
+    main = runs[0]
+    ok = sql_string(STATUS.OK)
+    picked = ["`m`.*"]
+    joins = []
+    for k, r in enumerate(runs[1:]):
+        assert r.alias is not None
+        t = f"`j{k}`"
+        names = [c for c in io.read_table_ref(spark, r.scores).columns if c != "uid"]
+        picked += [f"{t}.{quote_ident(c)} AS {quote_ident(joined_column(f'{r.alias}.{c}'))}" for c in names]
+        joins.append(
+            f" JOIN {io.sql_table(r.scores)} AS {t} ON {t}.`uid` = `m`.`uid`"
+            f" AND {t}.`run_id` = {sql_string(r.run_id)} AND {t}.`status` = {ok}"
+        )
+    return (
+        f"SELECT {', '.join(picked)} FROM {io.sql_table(main.scores)} AS `m`{''.join(joins)}"
+        f" WHERE `m`.`run_id` = {sql_string(main.run_id)} AND `m`.`status` = {ok}"
+    )
+
+
+def _ok_rows(spark: SparkSession, runs: Sequence[ScoreRun]) -> dict[str | None, int]:
+    """Rows with status ok in each run on its own."""
+    out = {}
+    for r in runs:
+        df = io.read_table_ref(spark, r.scores)
+        out[r.alias] = df.where((F.col("run_id") == r.run_id) & (F.col("status") == STATUS.OK)).count()
+    return out
+
+
+def _check_columns(cfg: SelectConfig, pool: DataFrame) -> None:
+    types = dict(pool.dtypes)
+    for i, sel in enumerate(cfg.selections):
+        for c in _columns_used(sel):
+            if joined_column(c) not in types:
+                have = ", ".join(c.replace("__", ".", 1) for c in pool.columns)
+                raise ConfigError(f"selections[{i}]", f"column '{c}' is not in the pool (has {have})")
+        if sel.rule == "flag" and sel.column is not None and types[joined_column(sel.column)] != "boolean":
+            found = types[joined_column(sel.column)]
+            raise ConfigError(
+                f"selections[{i}].column", f"rule 'flag' needs a boolean column; '{sel.column}' is {found}"
+            )
 
 
 def _columns_used(sel: SelectionConfig) -> list[str]:
     if sel.rule == "clipselect":
         return list(sel.columns or CLIPSELECT_COLUMNS)
-    return [c for c in (sel.column, sel.then_column, *sel.columns) if c]
+    return sel.columns_named()
 
 
-def _render(
-    sel: SelectionConfig, pool: DataFrame, n: int, base: str, views: dict[str, str]
-) -> tuple[str, str, dict[str, object]]:
-    """(SQL condition, FROM clause up to its WHERE, cut-offs) of one selection."""
-    source = base
+def _resolved(sel: SelectionConfig) -> SelectionConfig:
+    """``sel`` with its column names as the pool's columns."""
+    return replace(
+        sel,
+        column=sel.column and joined_column(sel.column),
+        then_column=sel.then_column and joined_column(sel.then_column),
+        columns=tuple(joined_column(c) for c in sel.columns),
+    )
+
+
+def _view_sql(columns: str, pool_sql: str, within: str | None, r: _Rendered) -> str:
+    filters = [f for f in (within, r.prefilter) if f]
+    if r.derived is None:
+        return f"SELECT {columns} FROM ({pool_sql}) AS `pool` WHERE {' AND '.join([*filters, f'({r.condition})'])}"
+    name, expr = r.derived
+    where = f" WHERE {' AND '.join(filters)}" if filters else ""
+    derived = f"SELECT *, {expr} AS {quote_ident(name)} FROM ({pool_sql}) AS `pool`{where}"
+    return f"SELECT {columns} FROM ({derived}) AS `d` WHERE {r.condition}"
+
+
+def _render(sel: SelectionConfig, pool: DataFrame, n: int, views: dict[str, str]) -> _Rendered:
+    """One rule over its population ``pool`` of ``n`` rows (every rule but ``import``)."""
     if sel.rule == "threshold":
         assert sel.column is not None
         col = quote_ident(sel.column)
@@ -125,10 +232,10 @@ def _render(
             parts.append(f"{col} >= {sql_double(sel.min)}")
         if sel.max is not None:
             parts.append(f"{col} <= {sql_double(sel.max)}")
-        return " AND ".join(parts), source, {"min": sel.min, "max": sel.max}
+        return _Rendered(" AND ".join(parts), {"min": sel.min, "max": sel.max})
     if sel.rule == "flag":
         assert sel.column is not None
-        return f"{quote_ident(sel.column)} IS TRUE", source, {}
+        return _Rendered(f"{quote_ident(sel.column)} IS TRUE", {})
     if sel.rule == "top_fraction":
         assert sel.column is not None and sel.fraction is not None
         keep = int(n * sel.fraction)
@@ -136,7 +243,7 @@ def _render(
             cut = top_n_cutoff(pool, sel.column, keep + 1, ties=True)
         else:
             cut = top_n_cutoff(pool, sel.column, keep)
-        return keep_sql(sel.column, cut), source, {sel.column: _cut(cut), "n": keep}
+        return _Rendered(keep_sql(sel.column, cut), {sel.column: _cut(cut), "n": keep})
     if sel.rule == "sequential":
         assert sel.column and sel.then_column and sel.fraction is not None and sel.then_fraction is not None
         n1, n2 = int(n * sel.fraction), int(n * sel.then_fraction)
@@ -147,31 +254,29 @@ def _render(
             cut2 = top_n_cutoff(pool.where(keep_condition(sel.column, cut1)), sel.then_column, n2)
             cond = f"{cond} AND {keep_sql(sel.then_column, cut2)}"
             cutoffs.update({sel.then_column: _cut(cut2), "n2": n2})
-        return cond, source, cutoffs
+        return _Rendered(cond, cutoffs)
     if sel.rule == "sum_of_ranks":
         assert sel.fraction is not None
         expr = " + ".join(f"(RANK() OVER (ORDER BY {quote_ident(c)} ASC) - 1) / {n}D" for c in sel.columns)
-        ranked = pool.where(" AND ".join(f"{quote_ident(c)} IS NOT NULL" for c in sel.columns)).withColumn(
-            "_rank_sum", F.expr(expr)
-        )
+        not_null = " AND ".join(f"{quote_ident(c)} IS NOT NULL" for c in sel.columns)
+        ranked = pool.where(not_null).withColumn("_rank_sum", F.expr(expr))
         keep = int(n * sel.fraction)
         cut = top_n_cutoff(ranked, "_rank_sum", keep)
-        not_null = " AND ".join(f"{quote_ident(c)} IS NOT NULL" for c in sel.columns)
-        source = f"(SELECT *, {expr} AS `_rank_sum` FROM {base} AND {not_null}) AS ranked WHERE TRUE"
-        return keep_sql("_rank_sum", cut), source, {"rank_sum": _cut(cut), "n": keep}
+        return _Rendered(keep_sql("_rank_sum", cut), {"rank_sum": _cut(cut), "n": keep}, ("_rank_sum", expr), not_null)
     if sel.rule == "clipselect":
         assert sel.fraction is not None
         sas, sds = sel.columns or CLIPSELECT_COLUMNS
         criterion = clipselect_criterion(pool, sas, sds, 0.1 if sel.lam is None else sel.lam, f"selections[{sel.name}]")
         expr, params = criterion.score, criterion.params
-        scored = pool.where(F.col(sas).isNotNull()).withColumn("_criterion", F.expr(expr))
+        has_sas = f"{quote_ident(sas)} IS NOT NULL"
+        scored = pool.where(has_sas).withColumn("_criterion", F.expr(expr))
         keep = int(n * sel.fraction)
         cut = top_n_cutoff(scored, "_criterion", keep)
-        source = f"(SELECT *, {expr} AS `_criterion` FROM {base} AND {quote_ident(sas)} IS NOT NULL) AS c WHERE TRUE"
-        return keep_sql("_criterion", cut), source, {**params, "criterion": _cut(cut), "n": keep}
+        cutoffs = {**params, "criterion": _cut(cut), "n": keep}
+        return _Rendered(keep_sql("_criterion", cut), cutoffs, ("_criterion", expr), has_sas)
     members = [f"`uid` IN (SELECT `uid` FROM {views[name]})" for name in sel.of]
     joiner = " AND " if sel.rule == "intersect" else " OR "
-    return joiner.join(members), source, {"of": list(sel.of)}
+    return _Rendered(joiner.join(members), {"of": list(sel.of)})
 
 
 def _cut(cut: Cutoff | None) -> dict[str, object] | None:
@@ -194,10 +299,9 @@ def export_subset(df: DataFrame, path: str) -> int:
     bad = df.where(~F.col("uid").rlike("^[0-9a-fA-F]{32}$")).select("uid").first()
     if bad is not None:
         raise ValueError(f"export_npy needs DataComp uids (32 hex characters); got '{bad['uid']}'")
-    pairs = [(int(u[:16], 16), int(u[16:], 16)) for (u,) in df.select("uid").toLocalIterator()]
-    arr = np.array(pairs, dtype=np.dtype("u8,u8")) if pairs else np.zeros(0, dtype=np.dtype("u8,u8"))
+    arr = io.uid_pairs([u for (u,) in df.select("uid").toLocalIterator()])
     io.write_subset_npy(arr, path)
-    return len(pairs)
+    return len(arr)
 
 
 def _record(spark: SparkSession, cfg: SelectConfig, run_id: str, results: Sequence[SelectionResult]) -> None:

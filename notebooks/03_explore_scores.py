@@ -28,7 +28,7 @@ dbutils.widgets.text("metadata", "", "DataComp metadata folder (empty: the run's
 # COMMAND ----------
 
 cfg = load(SelectConfig, dbutils.widgets.get("config"))
-run_id = dbutils.widgets.get("run_id") or cfg.run_id or select.latest_run(spark, cfg)
+run_id = dbutils.widgets.get("run_id") or cfg.run_id or select.latest_run(spark, cfg.scores)
 scores = io.read_table_ref(spark, cfg.scores).where(F.col("run_id") == run_id)
 score_columns = [c for c in scores.columns if c in ("clip_score", *NEGCLIP_COLUMNS) or c.startswith("normsim_")]
 normsim_inf = [c for c in score_columns if c.startswith("normsim_inf_")]

@@ -33,7 +33,7 @@ from clipsift.jobs.config.score import (
     ScoreConfig,
     TargetConfig,
 )
-from clipsift.jobs.config.select import RULES, SelectConfig, SelectionConfig
+from clipsift.jobs.config.select import RULES, ImportSource, JoinedRun, SelectConfig, SelectionConfig
 
 __all__ = [
     "KMEANS_PARALLEL_MAX_K",
@@ -47,8 +47,10 @@ __all__ = [
     "EmbedConfig",
     "EmbedInputConfig",
     "EmbedOptions",
+    "ImportSource",
     "InputConfig",
     "JobConfig",
+    "JoinedRun",
     "KMeansConfig",
     "ModelConfig",
     "NegClipConfig",

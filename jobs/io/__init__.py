@@ -1,6 +1,7 @@
 """All storage access of the jobs, by concern: :mod:`.sources` (the inputs as DataFrames), :mod:`.targets`
-(NormSim targets and matrices shipped to executors), :mod:`.tables` (Delta reads and writes, the runs table,
-subset files), :mod:`.sql` (SQL names). The executor side of the readers is :mod:`clipsift.udfs.readers`.
+(NormSim targets and matrices shipped to executors), :mod:`.tables` (Delta reads and writes, the runs table),
+:mod:`.subsets` (DataComp subset files), :mod:`.sql` (SQL names). The executor side of the readers is
+:mod:`clipsift.udfs.readers`.
 
 The jobs write ``from clipsift.jobs import io`` and call ``io.read_pool``, ``io.replace_partition``, ...
 """
@@ -18,6 +19,7 @@ from clipsift.jobs.io.sources import (
     read_webdataset,
 )
 from clipsift.jobs.io.sql import quote_ident, sibling, sql_string, sql_table
+from clipsift.jobs.io.subsets import SubsetFileError, inspect_subset, subset_uids, uid_pairs, write_subset_npy
 from clipsift.jobs.io.tables import (
     RUNS_DDL,
     append_table,
@@ -29,12 +31,12 @@ from clipsift.jobs.io.tables import (
     replace_partition,
     replace_where,
     table_exists,
-    write_subset_npy,
 )
 from clipsift.jobs.io.targets import Target, file_sha256, load_target, ship_matrix
 
 __all__ = [
     "RUNS_DDL",
+    "SubsetFileError",
     "Target",
     "append_table",
     "as_pool",
@@ -42,6 +44,7 @@ __all__ = [
     "detect_dim",
     "ensure_schema",
     "file_sha256",
+    "inspect_subset",
     "list_datacomp_shards",
     "list_webdataset_shards",
     "load_target",
@@ -61,6 +64,8 @@ __all__ = [
     "sibling",
     "sql_string",
     "sql_table",
+    "subset_uids",
     "table_exists",
+    "uid_pairs",
     "write_subset_npy",
 ]

@@ -22,6 +22,7 @@ def list_datacomp_shards(path: str) -> list[str]:
     """Paths of the ``*.parquet`` shards in a DataComp metadata folder, sorted."""
     return list_shards(path, ".parquet", single_file=False)
 
+
 def read_datacomp(spark: SparkSession, path: str, arch: str, rows_per_batch: int = 4096) -> DataFrame:
     """Read DataComp shards as rows of the pool schema, one task per shard, on the executors.
 
@@ -40,6 +41,7 @@ def read_datacomp(spark: SparkSession, path: str, arch: str, rows_per_batch: int
     # spark.range with one partition per shard: exactly one shard per task (a repartition of the
     # paths would deal them round-robin from a random start, several to a task).
     return spark.range(0, len(shards), 1, numPartitions=len(shards)).mapInArrow(read, POOL_DDL)
+
 
 def read_table(spark: SparkSession, cfg: InputConfig) -> DataFrame:
     """Read an embedding table (by catalog name or path) as rows of the pool schema."""
@@ -146,9 +148,11 @@ def read_labelled_table(spark: SparkSession, cfg: ClipSelectInputConfig) -> Data
         label.alias("label"),
     )
 
+
 def list_webdataset_shards(path: str) -> list[str]:
     """The ``.tar`` shards of a folder (sorted), or the one ``.tar`` given."""
     return list_shards(path, ".tar", single_file=True)
+
 
 def read_webdataset(
     spark: SparkSession,
@@ -182,6 +186,7 @@ def read_webdataset(
                 yield from read_tar_shard(path, exts, keys_only, rows_per_batch, wanted.get(path))
 
     return spark.range(0, len(paths), 1, numPartitions=max(1, len(paths))).mapInArrow(read, PAIRS_DDL)
+
 
 def read_pairs_table(spark: SparkSession, cfg: EmbedInputConfig) -> DataFrame:
     """An image-caption table (bytes or paths) as rows of :data:`PAIRS_DDL`."""

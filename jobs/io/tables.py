@@ -1,15 +1,12 @@
-"""Delta tables: reads by name or path, atomic partition replaces, appends, the runs table, and DataComp subset
-files. Every table clipsift writes goes through here."""
+"""Delta tables: reads by name or path, atomic partition replaces, appends, the runs table. Every table clipsift
+writes goes through here."""
 
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.fs as pafs
 from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 
@@ -142,13 +139,3 @@ def overwrite_table(df: DataFrame, ref: TableRef) -> None:
     """Replace a whole Delta table (selection materialisations)."""
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
     _save(writer, ref, df.sparkSession)
-
-
-def write_subset_npy(uid_pairs: np.ndarray, path: str) -> None:
-    """Write DataComp's subset file: a sorted structured array of dtype ``u8,u8``."""
-    arr = np.sort(uid_pairs.astype(np.dtype("u8,u8")))
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, out)

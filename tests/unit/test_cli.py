@@ -68,7 +68,7 @@ def test_version() -> None:
 def test_each_commands_help_lists_its_config_sections() -> None:
     expected = {
         "score": "input, output, run_id, negclip, normsim, normsim2_dynamic, baselines, clipselect, spark",
-        "select": "scores, selections, run_id, view_prefix, view_schema, spark",
+        "select": "scores, selections, run_id, view_prefix, view_schema, join, spark",
         "embed": "input, model, output",
     }
     for command, sections in expected.items():

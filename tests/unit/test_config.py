@@ -621,6 +621,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
         ("embed.yaml", EmbedConfig),
         ("clipselect.yaml", ClipSelectConfig),
         ("select_clipselect.yaml", SelectConfig),
+        ("select_paper.yaml", SelectConfig),
+        ("select_paper_d3.yaml", SelectConfig),
     ],
 )
 def test_examples_load(name: str, cls: type) -> None:
