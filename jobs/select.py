@@ -136,13 +136,28 @@ def score_runs(spark: SparkSession, cfg: SelectConfig) -> list[ScoreRun]:
 
 
 def latest_run(spark: SparkSession, scores: TableRef, key: str = "scores") -> str:
-    """The most recent run id in a score table's runs table."""
+    """The most recent run id in a score table's runs table.
+
+    Raises:
+        ConfigError: no runs table, an empty one, or a run in the score table that its runs table lacks (a run
+            stopped between its score commit and its runs-table row): the latest run is then unknown, and picking
+            the previous one would be silently wrong.
+    """
     runs_ref = io.sibling(scores, "runs")
     if not io.table_exists(spark, runs_ref):
         raise ConfigError(key, f"no runs table '{runs_ref.label}' beside {scores.label}; run clipsift score first")
-    row = io.read_table_ref(spark, runs_ref).orderBy(F.col("started_at").desc()).select("run_id").first()
+    runs = io.read_table_ref(spark, runs_ref)
+    row = runs.orderBy(F.col("started_at").desc()).select("run_id").first()
     if row is None:
         raise ConfigError(key, f"runs table '{runs_ref.label}' is empty; run clipsift score first")
+    in_scores = io.read_table_ref(spark, scores).select("run_id").distinct()
+    unrecorded = sorted(r["run_id"] for r in in_scores.join(runs, "run_id", "left_anti").collect())
+    if unrecorded:
+        raise ConfigError(
+            "run_id",
+            f"run {', '.join(unrecorded)} of {scores.label} has no row in '{runs_ref.label}' (it stopped before "
+            "recording itself), so the latest run is unknown; rerun clipsift score with the same config, or set run_id",
+        )
     return str(row["run_id"])
 
 
@@ -317,13 +332,11 @@ def _record(spark: SparkSession, cfg: SelectConfig, run_id: str, results: Sequen
         "run_id string, name string, view string, rule string, params string, cutoffs string, rows bigint, "
         "pool_rows bigint, sql string, created_at timestamp",
     )
-    ref = io.sibling(cfg.scores, "selections")
+    # Replace this run's rows for these selection names, keep the others: one replaceWhere commit, so two selects
+    # at once both land (a lost race is retried by io), and a reader never sees the table half rewritten.
     names = ", ".join(sql_string(r.name) for r in results)
-    if io.table_exists(spark, ref):
-        # Replace this run's rows for these selection names; keep the others.
-        old = io.read_table_ref(spark, ref).where(~((F.col("run_id") == run_id) & F.expr(f"name IN ({names})")))
-        df = old.unionByName(df).localCheckpoint()
-    io.overwrite_table(df, ref)
+    where = f"`run_id` = {sql_string(run_id)} AND `name` IN ({names})"
+    io.replace_where(df, io.sibling(cfg.scores, "selections"), where)
 
 
 def recreate_views(spark: SparkSession, cfg: SelectConfig) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,6 +23,9 @@ R = TypeVar("R")
 #: Set to 1 (``clipsift --verbose``) to keep Spark's own INFO log.
 VERBOSE_ENV = "CLIPSIFT_VERBOSE"
 
+#: The master of a session built here when nothing chose one: all cores, each task tried up to 4 times.
+LOCAL_MASTER = "local[*, 4]"
+
 #: Folder (or glob) of the Delta jars; set by `make setup`. Without it the jars come from spark.jars.packages.
 JARS_ENV = "CLIPSIFT_JARS"
 
@@ -36,7 +40,8 @@ def get_spark(
 ) -> SparkSession:
     """Return the active SparkSession, or build one with Delta Lake configured.
 
-    The master is never set here: spark-submit, Databricks or the ``spark.master`` setting decide.
+    The master is spark-submit's, Databricks', or the ``spark.master`` setting; when none chose one,
+    :data:`LOCAL_MASTER` (local, with task retries). A Spark SQL setting Spark refuses is a :class:`ConfigError`.
     Delta's jars come from ``$CLIPSIFT_JARS`` (a folder or glob of jars, as ``make setup`` fetches),
     else from ``spark.jars.packages`` matching the installed delta-spark (needs Maven Central), unless
     the caller's ``conf`` or the cluster already provides them.
@@ -55,14 +60,27 @@ def get_spark(
         settings["spark.log.level"] = "WARN"  # Spark's INFO log is thousands of lines; `clipsift --verbose` keeps it
     settings.update(_delta_jars())
     settings.update(conf or {})
-    local = str(settings.get("spark.master", "local")).startswith("local")
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit or a shell started the JVM: its conf decides
+    if not submitted and "--master" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
+        # Plain local[*] tries a task once; a task that fails on purpose (a broken model, a shard read error) is
+        # then never retried locally. On a cluster, spark.task.maxFailures (4) does this.
+        settings.setdefault("spark.master", LOCAL_MASTER)
+    local = str(settings.get("spark.master", "local")).startswith("local")
     if local_catalog and local and not submitted and "spark.sql.catalogImplementation" not in settings:
         settings.update(local_catalog_conf(local_catalog, settings.get("spark.driver.extraJavaOptions")))
     builder = SparkSession.builder.appName(app_name)
     for key, value in settings.items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    session = builder.getOrCreate()
+    try:
+        session.conf.get("spark.sql.shuffle.partitions")  # builds the SQL session state: checks the SQL settings
+    except Exception as exc:
+        session.stop()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        named = re.search(r'config "([^"]+)"', first)
+        key = f"spark.conf.{named.group(1)}" if named else "spark.conf"
+        raise ConfigError(key, f"Spark refused the session settings: {first}") from None
+    return session
 
 
 def local_catalog_conf(folder: str, java_options: str | None = None) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """Shared fixtures and the test tiers.
 
-* Tiers are set by folder: ``tests/spark`` and ``tests/jobs`` are marked ``spark``, ``tests/gpu`` ``gpu``.
+* Tiers are set by folder: ``tests/spark``, ``tests/jobs`` and ``tests/faults`` (separate processes broken,
+  raced or fed garbage on purpose) are marked ``spark``, ``tests/gpu`` ``gpu``.
   Only tests marked ``spark`` (those folders, and the benchmarks' smoke tests, marked by hand) may use the
   ``spark`` fixture, so ``pytest -m "not spark"`` runs without a JVM.
 * ``CLIPSIFT_REQUIRE_TEST_DATA=1`` (set by ``.ci/run``) turns a skip for missing test data or a missing package
@@ -26,7 +27,7 @@ if (ROOT / ".jars").is_dir():
 
 
 #: Folder under tests/ -> the marker every test in it gets.
-TIER_MARKERS = {"spark": "spark", "jobs": "spark", "gpu": "gpu"}
+TIER_MARKERS = {"spark": "spark", "jobs": "spark", "faults": "spark", "gpu": "gpu"}
 #: Skip reasons that mean "test data or a package is missing" (the readers in tests.support say how to install).
 MISSING_DATA = ("apt-get install", "pip install", "could not import", "not found: install")
 

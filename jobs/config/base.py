@@ -77,6 +77,12 @@ class Section:
         """Raise :class:`ConfigError` naming the first bad key under ``key``."""
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            items = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, float) and math.isnan(v) for v in items):
+                # NaN compares false with everything, so any range check would let it through (and turn it off).
+                raise ConfigError(join_key(type(self).__name__, f.name), "must be a number, not NaN")
         self.validate(type(self).__name__)
 
 

@@ -4,6 +4,8 @@ writes goes through here."""
 from __future__ import annotations
 
 import json
+import random
+import time
 from datetime import datetime
 from typing import Any
 
@@ -31,15 +33,45 @@ def table_exists(spark: SparkSession, ref: TableRef) -> bool:
     return bool(fs.get_file_info(local).type == pafs.FileType.Directory)
 
 
+#: Delta's optimistic-concurrency conflicts (and a table created by a concurrent writer between our check and
+#: our create): the commit lost a race, the data is fine; the write is tried again on the new snapshot.
+CONFLICTS = (
+    "ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
+    "ConcurrentWriteException", "ConcurrentTransactionException", "MetadataChangedException",
+    "ProtocolChangedException", "DELTA_CONCURRENT_", "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED",
+    "TABLE_OR_VIEW_ALREADY_EXISTS", "TableAlreadyExistsException",
+)  # fmt: skip
+COMMIT_ATTEMPTS = 6
+
+
 def _save(writer: DataFrameWriter, ref: TableRef, spark: SparkSession) -> None:
-    """Run a Delta write to ``ref``: by catalog name or by path; then set an :class:`OutputRef`'s properties."""
-    if ref.table is not None:
-        writer.saveAsTable(ref.table)
-    else:
-        writer.save(str(ref.path))
+    """Run a Delta write to ``ref``: by catalog name or by path; then set an :class:`OutputRef`'s properties.
+
+    A commit that loses a race with another writer of the same table (two runs at once) is tried again, up to
+    :data:`COMMIT_ATTEMPTS` times with growing, jittered waits; each attempt is one atomic Delta commit, so a
+    reader sees either the old rows or the new ones. Replaces keyed by ``replaceWhere`` then act on the snapshot
+    they commit to (a second run of the same run id replaces the first one's rows, never adds to them).
+    """
+    for attempt in range(COMMIT_ATTEMPTS):
+        try:
+            if ref.table is not None:
+                writer.saveAsTable(ref.table)
+            else:
+                writer.save(str(ref.path))
+            break
+        except Exception as exc:
+            if attempt == COMMIT_ATTEMPTS - 1 or not is_conflict(exc):
+                raise
+            time.sleep(random.uniform(0.5, 1.5) * 2**attempt)
     if isinstance(ref, OutputRef) and ref.properties:
         pairs = ", ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in sorted(ref.properties.items()))
         spark.sql(f"ALTER TABLE {sql_table(ref)} SET TBLPROPERTIES ({pairs})")
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is a lost commit race (:data:`CONFLICTS`), as raised through py4j or Spark's captured errors."""
+    text = f"{type(exc).__name__} {exc}"
+    return any(name in text for name in CONFLICTS)
 
 
 def ensure_schema(spark: SparkSession, where: TableRef | str | None) -> None:

@@ -280,3 +280,20 @@ def test_latest_run_and_rerun_bookkeeping(spark: SparkSession, tied: dict[str, A
     assert not table.duplicated(["run_id", "name"]).any()
     assert table.set_index(["run_id", "name"]).loc[("r1", "exact"), "view"] == "`tied2_exact`"
     assert len(_view(spark, "tied2_exact")) == 100
+
+
+def test_a_run_missing_from_the_runs_table_is_not_skipped_silently(
+    spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A score run that stopped between its score commit and its runs row: without a run_id, select must not pick
+    the previous run as the latest."""
+    path = str(tmp_path_factory.mktemp("orphan") / "scores")
+    rows = [(f"{i:032x}", STATUS.OK, float(i), run) for run in ("r1", "r2") for i in range(20)]
+    spark.createDataFrame(rows, "uid string, status string, tie double, run_id string").write.format("delta").save(path)
+    spark.createDataFrame([("r1",)], "run_id string").selectExpr(
+        "run_id", "CAST('2024-01-01 00:00:00' AS TIMESTAMP) AS started_at"
+    ).write.format("delta").save(path + "_runs")
+    with pytest.raises(ConfigError) as err:
+        run(spark, _tie_config(path, 0.5))
+    assert err.value.key == "run_id" and "r2" in str(err.value) and "rerun clipsift score" in str(err.value)
+    assert {r.name: r.rows for r in run(spark, _tie_config(path, 0.5, "r1"))}["exact"] == 10  # named: fine

@@ -786,3 +786,45 @@ def test_output_properties_are_checked() -> None:
     assert err.key in ("output.properties", "output.format")
     cfg = from_dict(ScoreConfig, _score(output={"path": "/tmp/s", "properties": {"delta.appendOnly": False}}))
     assert dict(cfg.output.properties) == {"delta.appendOnly": "false"}
+
+
+# --------------------------------------------------------------------------------------------------
+# NaN is refused for every float key (it passes every range check, and would turn a check off)
+
+
+def _sections(cfg: Any) -> list[Any]:
+    """Every config section in the tree of ``cfg`` (sections, and sections inside tuples)."""
+    import dataclasses
+
+    out = [cfg]
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if dataclasses.is_dataclass(v) and not isinstance(v, type):
+                out += _sections(v)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [("score.yaml", ScoreConfig), ("select_paper_d3.yaml", SelectConfig), ("embed.yaml", EmbedConfig),
+     ("clipselect.yaml", ClipSelectConfig)],
+)  # fmt: skip
+def test_nan_is_refused_for_every_float_key(name: str, cls: type) -> None:
+    import dataclasses
+    import typing
+
+    tried = 0
+    for section in _sections(load(cls, EXAMPLES / name)):
+        hints = typing.get_type_hints(type(section))
+        for f in dataclasses.fields(section):
+            if float not in (hints[f.name], *typing.get_args(hints[f.name])):
+                continue
+            tried += 1
+            with pytest.raises(ConfigError) as err:
+                dataclasses.replace(section, **{f.name: float("nan")})
+            assert err.value.key.endswith(f.name) and "NaN" in str(err.value), (type(section), f.name)
+    assert tried >= 1, name
+    with pytest.raises(ConfigError) as err:  # and from YAML, named by its key path
+        load(EmbedConfig, EXAMPLES / "embed.yaml", ["embed.max_aspect_ratio=.nan"])
+    assert err.value.key == "embed.max_aspect_ratio"

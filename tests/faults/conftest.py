@@ -1,0 +1,36 @@
+"""The faults tier: clipsift run in separate processes (each its own Spark), raced, broken or fed bad settings on
+purpose; every check reads the tables back afterwards."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def clipsift(args: Sequence[str], cwd: Path) -> subprocess.Popen[str]:
+    """Start ``python -m clipsift ARGS`` (one Spark of its own, one core) without waiting for it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CLIPSIFT_VERBOSE": "0"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "clipsift", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 600) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def one_error_line(code: int, err: str) -> str:
+    """The one line a failed command printed: exit status 2, no traceback, one ``clipsift ...: config key`` line
+    (Spark's own start-up lines on stderr aside)."""
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in err and "Py4JJavaError" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("clipsift ") and "config key" in line]
+    assert len(lines) == 1, err[-3000:]
+    return lines[0]
