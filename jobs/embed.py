@@ -33,10 +33,9 @@ from pyspark.sql import functions as F
 import clipsift
 from clipsift.jobs import io
 from clipsift.jobs.config import ConfigError, EmbedConfig, ModelConfig, to_dict
-from clipsift.jobs.session import job_description, job_main, session_conf
+from clipsift.jobs.session import failpoint, job_description, job_main, session_conf
 from clipsift.udfs.embed import RETRYABLE, embed_fn, output_ddl
 from clipsift.udfs.models import ModelIdentity, ModelLoadError, ModelSpec, identify
-from clipsift.udfs.readers import read_bytes
 from clipsift.udfs.schemas import STATUS
 
 LOG = logging.getLogger("clipsift.embed")
@@ -90,6 +89,9 @@ def run(spark: SparkSession, cfg: EmbedConfig) -> EmbedResult:
     started_at = datetime.now(timezone.utc)
     run_id = f"embed-{started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     io.ensure_schema(spark, cfg.output)
+    with job_description(spark, f"clipsift embed {run_id}: list input rows"):
+        # First, so a missing input path, table or column stops the run before the model is built.
+        keys, shards = _input_keys(spark, cfg)
     spec = model_spec(cfg.model)
     try:
         ident = identify(spec)
@@ -100,7 +102,6 @@ def run(spark: SparkSession, cfg: EmbedConfig) -> EmbedResult:
     model_filter = F.col("model_id") == ident.model_id
     exists = io.table_exists(spark, cfg.output)
     with job_description(spark, f"clipsift embed {run_id}: list input rows"):
-        keys, shards = _input_keys(spark, cfg)
         keys = keys.persist(StorageLevel.MEMORY_AND_DISK)
         rows_in = keys.count()
         kept, rejects = _split_rows(spark, cfg, keys)
@@ -116,7 +117,7 @@ def run(spark: SparkSession, cfg: EmbedConfig) -> EmbedResult:
     LOG.info("run %s: %d rows in, %d already embedded, %d rejected, %d to embed", run_id, rows_in, already_done,
              n_rejected, n_todo)  # fmt: skip
 
-    udf = embed_fn(spec, cfg.embed, fetch=read_bytes)
+    udf = embed_fn(spec, cfg.embed)  # image paths: read_bytes, refusing files over embed.max_image_bytes unread
     # Arrow batches of one image batch each: the UDF's batches line up with the model's.
     arrow_batch = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.embed.image_batch_size)}
     try:
@@ -126,6 +127,7 @@ def run(spark: SparkSession, cfg: EmbedConfig) -> EmbedResult:
             description = f"clipsift embed {run_id}: commit {i + 1}/{len(chunks)} ({label})"
             with job_description(spark, description), session_conf(spark, arrow_batch):
                 io.append_table(_embed(rows, udf, cfg, ident, run_id, started_at), cfg.output, partition_by="model_id")
+            failpoint("embed:committed")  # one commit of the run's embeddings done, the others and the runs row not
             LOG.info("run %s: commit %d/%d (%s) in %.1f s", run_id, i + 1, len(chunks), label, time.time() - t0)
     finally:
         keys.unpersist()

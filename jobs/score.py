@@ -42,9 +42,9 @@ from clipsift.jobs.baselines import (
     with_clusters,
     with_image_based,
 )
-from clipsift.jobs.config import ConfigError, NormSimConfig, ScoreConfig, scores_basis, to_dict
+from clipsift.jobs.config import ConfigError, NormSimConfig, ScoreConfig, TargetConfig, scores_basis, to_dict
 from clipsift.jobs.normsim2d import normsim2_dynamic_survival
-from clipsift.jobs.session import Progress, job_description, job_main
+from clipsift.jobs.session import Progress, failpoint, job_description, job_main
 from clipsift.jobs.transforms import (
     normsim_column,
     with_checked_embeddings,
@@ -59,6 +59,7 @@ from clipsift.jobs.transforms import (
 from clipsift.udfs.baselines import CaptionResources
 from clipsift.udfs.clipselect import AdapterWeights
 from clipsift.udfs.kernels import second_moment
+from clipsift.udfs.models import first_line
 from clipsift.udfs.schemas import METADATA_COLUMNS, STATUS
 from clipsift.udfs.score import NEGCLIP_COLUMNS, TargetHandle
 
@@ -179,7 +180,7 @@ def _apply_image_based(df: DataFrame, p: Pass) -> DataFrame:
 
 
 def _apply_sas(df: DataFrame, p: Pass) -> DataFrame:
-    p.weights, p.adapters = _clipselect_adapters(p.cfg, p.dim)
+    assert p.weights is not None  # loaded with the targets, before the pool is checked and counted
     return df.transform(with_sas, weights=p.weights, prompts=None)
 
 
@@ -299,9 +300,11 @@ def run(spark: SparkSession, cfg: ScoreConfig) -> ScoreResult:
         scored = _score(io.read_pool(spark, cfg.input), cfg)
         step["rows"] = scored.rows_in
     run_id, rows_in, lineage = scored.run_id, scored.rows_in, scored.lineage
+    failpoint("score:before-write")
     with progress.step(f"score and write run {run_id}") as step:
         io.replace_partition(scored.frame, cfg.output, "run_id", run_id)
         step["rows"] = rows_in
+    failpoint("score:committed")  # the scores are committed, the runs row is not written yet
     scored.checked.unpersist()
 
     written = io.read_table_ref(spark, cfg.output).where(F.col("run_id") == run_id)
@@ -354,15 +357,17 @@ def _score(raw: DataFrame, cfg: ScoreConfig) -> _Scored:
     """Every row of ``raw`` (pool schema) with its status and the scores of ``cfg``, in the output's columns."""
     spark = raw.sparkSession
     started_at = datetime.now(timezone.utc)
-    targets = [io.load_target(t.name, t.path, t.key) for t in cfg.normsim.targets]
+    targets = [_load_target(i, t) for i, t in enumerate(cfg.normsim.targets)]
     code_version = clipsift.__version__
     run_id = cfg.run_id or derive_run_id(cfg, {"targets": _targets_lineage(targets), "code_version": code_version})
 
-    dim = cfg.input.expected_dim or io.detect_dim(raw, hint="set input.dim or check input.image_col")
-    for t in targets:
+    dim = cfg.input.expected_dim or io.detect_dim(raw, hint="check input.image_col (and input.model), or set input.dim")
+    for i, t in enumerate(targets):
         if t.matrix.shape[1] != dim:
-            raise ConfigError(f"normsim.targets[{t.name}]", f"target has dimension {t.matrix.shape[1]}, the pool {dim}")
+            message = f"target '{t.name}' has dimension {t.matrix.shape[1]}, the pool {dim}"
+            raise ConfigError(f"normsim.targets[{i}].path", message)
     handles = [_handle(t, cfg.normsim, rows_needed=t.name == cfg.baselines.image_based_target) for t in targets]
+    weights, adapters = _clipselect_adapters(cfg, dim) if cfg.clipselect.enabled else (None, None)
 
     checked = raw.transform(with_checked_embeddings, dim=dim).persist(StorageLevel.MEMORY_AND_DISK)
     rows_in = checked.count()
@@ -371,7 +376,10 @@ def _score(raw: DataFrame, cfg: ScoreConfig) -> _Scored:
     n_ok = ok.count()
     _check_dedup_rank(cfg, ok.columns)
 
-    p = Pass(spark=spark, cfg=cfg, dim=dim, ok=ok, n_ok=n_ok, targets=targets, handles=handles)
+    p = Pass(
+        spark=spark, cfg=cfg, dim=dim, ok=ok, n_ok=n_ok, targets=targets, handles=handles, weights=weights,
+        adapters=adapters,
+    )  # fmt: skip
     steps = [stage for stage in STAGES if stage.enabled(cfg)] if n_ok else []
     last_reader = max((i for i, stage in enumerate(steps) if stage.reads_embeddings), default=-1)
     scored = ok
@@ -399,6 +407,14 @@ def _score(raw: DataFrame, cfg: ScoreConfig) -> _Scored:
     return _Scored(frame=out, run_id=run_id, rows_in=rows_in, lineage=lineage, checked=checked, started_at=started_at)
 
 
+def _load_target(index: int, target: TargetConfig) -> io.Target:
+    """A NormSim target's file, loaded; any failure names its key, ``normsim.targets[<index>].path``."""
+    try:
+        return io.load_target(target.name, target.path, target.key)
+    except Exception as exc:  # missing, refused as a pickle, corrupt, not 2-D, torch missing, a store's error
+        raise ConfigError(f"normsim.targets[{index}].path", first_line(exc, 500)) from exc
+
+
 def _check_dedup_rank(cfg: ScoreConfig, pool_columns: Sequence[str]) -> None:
     """``baselines.dedup_rank`` must be a column that exists when the dedup stage runs."""
     rank = cfg.baselines.dedup_rank
@@ -423,7 +439,8 @@ def _clipselect_adapters(cfg: ScoreConfig, dim: int) -> tuple[AdapterWeights, di
     try:
         pair, provenance = load_adapters(folder)
     except (OSError, ValueError) as exc:
-        raise ConfigError("clipselect.adapters", f"cannot load adapters from '{folder}': {exc}") from exc
+        why = first_line(exc, 500)
+        raise ConfigError("clipselect.adapters", f"cannot load adapters from '{folder}': {why}") from exc
     if pair.dim != dim:
         raise ConfigError("clipselect.adapters", f"the adapters have dimension {pair.dim}, the pool {dim}")
     info = {"k": cfg.clipselect.k, "adapters": folder, "weights_sha256": provenance.get("weights_sha256")}

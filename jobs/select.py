@@ -25,7 +25,7 @@ from clipsift.jobs.config import ConfigError, SelectConfig, SelectionConfig, Tab
 from clipsift.jobs.cutoffs import Cutoff, clipselect_criterion, keep_condition, keep_sql, sql_double, top_n_cutoff
 from clipsift.jobs.imports import import_condition, import_uids
 from clipsift.jobs.io import quote_ident, sql_string
-from clipsift.jobs.session import Progress, job_main
+from clipsift.jobs.session import Progress, failpoint, job_main
 from clipsift.jobs.transforms import CLIPSELECT_COLUMNS
 from clipsift.udfs.schemas import STATUS
 
@@ -101,6 +101,7 @@ def run(spark: SparkSession, cfg: SelectConfig) -> list[SelectionResult]:
             view = _view_name(cfg, sel.name)
             sql = _view_sql(columns, pool_sql, within, rendered)
             spark.sql(f"CREATE OR REPLACE VIEW {view} AS {sql}")
+            failpoint("select:view-created")
             views[sel.name] = view
             rows = spark.table(view).count()
             step["rows"] = rows
@@ -144,20 +145,20 @@ def latest_run(spark: SparkSession, scores: TableRef, key: str = "scores") -> st
             the previous one would be silently wrong.
     """
     runs_ref = io.sibling(scores, "runs")
-    if not io.table_exists(spark, runs_ref):
-        raise ConfigError(key, f"no runs table '{runs_ref.label}' beside {scores.label}; run clipsift score first")
-    runs = io.read_table_ref(spark, runs_ref)
-    row = runs.orderBy(F.col("started_at").desc()).select("run_id").first()
-    if row is None:
-        raise ConfigError(key, f"runs table '{runs_ref.label}' is empty; run clipsift score first")
+    recorded = io.read_table_ref(spark, runs_ref) if io.table_exists(spark, runs_ref) else None
     in_scores = io.read_table_ref(spark, scores).select("run_id").distinct()
-    unrecorded = sorted(r["run_id"] for r in in_scores.join(runs, "run_id", "left_anti").collect())
+    if recorded is not None:
+        in_scores = in_scores.join(recorded, "run_id", "left_anti")
+    unrecorded = sorted(str(r["run_id"]) for r in in_scores.collect())
     if unrecorded:
         raise ConfigError(
             "run_id",
             f"run {', '.join(unrecorded)} of {scores.label} has no row in '{runs_ref.label}' (it stopped before "
             "recording itself), so the latest run is unknown; rerun clipsift score with the same config, or set run_id",
         )
+    row = None if recorded is None else recorded.orderBy(F.col("started_at").desc()).select("run_id").first()
+    if row is None:
+        raise ConfigError(key, f"no run recorded in '{runs_ref.label}' beside {scores.label}; run clipsift score first")
     return str(row["run_id"])
 
 

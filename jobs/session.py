@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,6 +23,9 @@ R = TypeVar("R")
 
 #: Set to 1 (``clipsift --verbose``) to keep Spark's own INFO log.
 VERBOSE_ENV = "CLIPSIFT_VERBOSE"
+
+#: Fault injection for the faults tier (tests/faults): ``CLIPSIFT_FAILPOINT=<name>`` kills the process at that point.
+FAILPOINT_ENV = "CLIPSIFT_FAILPOINT"
 
 #: The master of a session built here when nothing chose one: all cores, each task tried up to 4 times.
 LOCAL_MASTER = "local[*, 4]"
@@ -81,6 +85,16 @@ def get_spark(
         key = f"spark.conf.{named.group(1)}" if named else "spark.conf"
         raise ConfigError(key, f"Spark refused the session settings: {first}") from None
     return session
+
+
+def failpoint(name: str) -> None:
+    """Die here, as ``kill -9`` would (no cleanup, no ``finally``), when ``$CLIPSIFT_FAILPOINT`` is ``name``.
+
+    The points sit where a crash is hardest to survive (between two commits, after a view before its record); the
+    faults tier kills a job at each and checks that running it again leaves the tables as an unbroken run would.
+    """
+    if os.environ.get(FAILPOINT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def local_catalog_conf(folder: str, java_options: str | None = None) -> dict[str, str]:

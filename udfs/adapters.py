@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from clipsift.udfs.models import first_line, load_weights
+
 WEIGHTS_FILE = "adapters.pt"
 PROVENANCE_FILE = "provenance.json"
 _APPLY_CHUNK = 65_536
@@ -278,23 +280,31 @@ def load_adapters(path: str | Path) -> tuple[AdapterPair, dict[str, Any]]:
         ``weights_sha256``).
 
     Raises:
-        ValueError: when the weights' sha256 or shapes do not match the provenance.
+        ValueError: (one line) when the weights' sha256 or shapes do not match the provenance, the weights file is
+            refused for pickling more than tensors (its code is never run) or does not hold the two adapters.
+        OSError: a file cannot be read.
     """
     folder = Path(path)
     provenance: dict[str, Any] = json.loads((folder / PROVENANCE_FILE).read_text())
-    weights = (folder / WEIGHTS_FILE).read_bytes()
+    weights_file = folder / WEIGHTS_FILE
+    weights = weights_file.read_bytes()
     digest = hashlib.sha256(weights).hexdigest()
     if provenance.get("weights_sha256") not in (None, digest):
+        raise ValueError(f"{weights_file} has sha256 {digest}, the provenance says {provenance['weights_sha256']}")
+    fix = "save adapters with clipsift clipselect (adapters.save_path) or save_adapters"
+    state = load_weights(io.BytesIO(weights), str(weights_file), fix)
+    try:
+        dim = int(state["image"]["weight"].shape[1])
+        if provenance.get("dim", dim) != dim:
+            raise ValueError(f"weights have dim {dim}, the provenance says {provenance['dim']}")
+        pair = AdapterPair(dim)
+        pair.image.load_state_dict(state["image"])
+        pair.text.load_state_dict(state["text"])
+    except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as exc:  # not what save_adapters writes
         raise ValueError(
-            f"{folder / WEIGHTS_FILE} has sha256 {digest}, the provenance says {provenance['weights_sha256']}"
-        )
-    state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
-    dim = int(state["image"]["weight"].shape[1])
-    if provenance.get("dim", dim) != dim:
-        raise ValueError(f"weights have dim {dim}, the provenance says {provenance['dim']}")
-    pair = AdapterPair(dim)
-    pair.image.load_state_dict(state["image"])
-    pair.text.load_state_dict(state["text"])
+            f"{weights_file} does not hold the image and text adapters save_adapters writes "
+            f"({type(exc).__name__}: {first_line(exc)})"
+        ) from None
     pair.eval()
     return pair, provenance
 

@@ -17,6 +17,7 @@ model or CUDA out of memory) stops the task, so Spark retries it instead of writ
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections import deque
@@ -29,12 +30,14 @@ import pyarrow as pa
 
 from clipsift.udfs.decode import decode_caption, decode_image, prepare_image
 from clipsift.udfs.models import Encoder, ModelSpec, get_model
+from clipsift.udfs.readers import FileTooLargeError, read_bytes
 
 LOG = logging.getLogger("clipsift.embed")
 
 OK = "ok"
 UNREADABLE_FILE = "unreadable_file"
 EXTREME_ASPECT = "extreme_aspect_ratio"
+IMAGE_TOO_LARGE = "image_too_large"
 ENCODE_FAILED = "encode_failed"
 #: Failures worth another try on a rerun (the others are properties of the data).
 RETRYABLE = (UNREADABLE_FILE, ENCODE_FAILED)
@@ -55,6 +58,9 @@ class EmbedSettings:
     """Batches decoded ahead of the one being encoded."""
     max_pixels: int = 50_000_000
     """Images with more pixels are rejected from their header (``too_many_pixels``), before decoding."""
+    max_image_bytes: int = 64 << 20
+    """Images of more bytes are rejected (``image_too_large``): a file by path from its size, before it is read;
+    inline bytes before they are decoded."""
     max_aspect_ratio: float = 200.0
     max_caption_chars: int = 4096
     """Captions are cut to this many characters before the tokenizer (which truncates to its context)."""
@@ -136,12 +142,9 @@ class Prepared:
 
 
 Fetch = Callable[[str], bytes]
-
-
-def read_local(path: str) -> bytes:
-    """The default fetcher: a local file's bytes."""
-    with open(path, "rb") as f:
-        return f.read()
+"""Reads an image path's bytes; may raise :class:`~clipsift.udfs.readers.FileTooLargeError` for a file over a limit
+(``image_too_large``), any other exception is ``unreadable_file``. What it returns is held to
+``EmbedSettings.max_image_bytes`` as well."""
 
 
 def prepare_batch(
@@ -162,16 +165,25 @@ def prepare_batch(
         sources = batch.column(names.index(IMAGE_PATH)).to_pylist()
         from_path = True
 
+    cap = settings.max_image_bytes
+    read = fetch or functools.partial(read_bytes, max_bytes=cap)
+
     def one(src: object) -> tuple[np.ndarray | None, str, str | None, int | None, int | None, float]:
         t0 = time.perf_counter()
         data: bytes | None
         if from_path and src is not None:
             try:
-                data = (fetch or read_local)(str(src))
+                data = read(str(src))
+            except FileTooLargeError as e:
+                return None, IMAGE_TOO_LARGE, f"{str(e)[:300]} (embed.max_image_bytes)", None, None, 0.0
             except Exception as e:
                 return None, UNREADABLE_FILE, f"{type(e).__name__}: {str(e)[:200]}", None, None, 0.0
         else:
             data = src  # type: ignore[assignment]  # bytes or None from a binary column
+        if data is not None and len(data) > cap:
+            where = f"{src} holds" if from_path else "inline image of"
+            msg = f"{where} {len(data):,} bytes, over the limit of {cap:,} (embed.max_image_bytes); not decoded"
+            return None, IMAGE_TOO_LARGE, msg, None, None, time.perf_counter() - t0
         img, status, error = decode_image(data, max_pixels=settings.max_pixels)
         if img is None:
             return None, status, error, None, None, time.perf_counter() - t0
@@ -406,7 +418,10 @@ def embed_fn(
         spec: the model; ``loader(spec)`` runs on the executor (cached per worker by the default loader).
         settings: batch sizes, decode threads, limits and output dtype.
         loader: builds (or fetches from a cache) the encoder; tests may inject their own.
-        fetch: reads an image path's bytes (local, ``dbfs:/``, ``s3a://``...); None reads local files.
+        fetch: reads an image path's bytes; None: :func:`~clipsift.udfs.readers.read_bytes` (local, ``/Volumes/``,
+            ``dbfs:/``, ``s3a://``, ``gs://``, ``hdfs://``), which refuses a file over ``settings.max_image_bytes``
+            from its size, before reading it. A fetcher of its own should refuse such files itself: what it
+            returns is checked only after it is read.
     """
 
     def embed(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

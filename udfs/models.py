@@ -19,11 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import re
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
@@ -290,9 +293,48 @@ def _build(spec: ModelSpec) -> tuple[Any, Any]:
     return model.eval(), tokenizer
 
 
+def load_weights(source: str | os.PathLike[str] | BinaryIO, what: str, fix: str) -> Any:
+    """``torch.load(source, weights_only=True)`` on the CPU, for files from anywhere (NormSim targets, adapters).
+
+    Raises:
+        ValueError: one line naming ``what``: a pickle of more than tensors and plain containers is refused (its
+            code is never run; ``fix`` says what to save instead), and a file torch cannot read says so.
+    """
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of a foreign file on stderr
+            warnings.simplefilter("ignore")
+            return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(refused_pickle(what, exc, fix)) from None
+    except Exception as exc:  # a zip torch cannot read (RuntimeError), a cut file (EOFError), ...
+        raise ValueError(f"{what} cannot be read by torch.load ({type(exc).__name__}: {first_line(exc)})") from None
+
+
+def refused_pickle(what: str, exc: BaseException, fix: str) -> str:
+    """One line: ``torch.load(weights_only=True)`` refused ``what`` (and the global it stopped at); then ``fix``."""
+    text = str(exc)  # torch's message is paragraphs of advice; the global or opcode it stopped at is the fact
+    named = re.search(r"GLOBAL\s+([\w.]+)", text)
+    opcode = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    detail = f" (it names {named.group(1)})" if named else f" ({opcode.group(1)[:200]})" if opcode else ""
+    return (
+        f"{what} was refused: it pickles more than tensors, and loading it could run code{detail}; "
+        f"only tensors and plain containers are loaded (torch.load with weights_only=True): {fix}"
+    )
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-blank line of an exception's message, cut to ``limit`` characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
 def _load_failure(spec: ModelSpec, e: Exception) -> str:
     what = f"model '{spec.name}'" + (f" with pretrained '{spec.pretrained}'" if spec.pretrained else "")
-    cause = f"{type(e).__name__}: {str(e)[:300]}"
+    if isinstance(e, pickle.UnpicklingError):
+        return refused_pickle(what, e, "save the model's weights: torch.save(model.state_dict(), path)")
+    cause = f"{type(e).__name__}: {first_line(e)}"
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
     if (spec.pretrained is not None and not spec.is_checkpoint()) or spec.name.startswith("hf-hub:"):
         where = spec.cache_dir or "the default Hugging Face cache (~/.cache/huggingface)"

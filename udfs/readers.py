@@ -70,17 +70,55 @@ def _filesystem(scheme_and_host: str) -> pafs.FileSystem:
     return fs
 
 
-def read_bytes(uri: str) -> bytes:
-    """All bytes of one file given by local path or URI (the embed job's image fetcher, on executors)."""
+class FileTooLargeError(OSError):
+    """A file over the byte limit of :func:`read_bytes`: it was not read (or read no further than the limit)."""
+
+    def __init__(self, uri: str, size: int | None, limit: int) -> None:
+        held = f"{size:,} bytes" if size is not None else "more bytes"
+        super().__init__(f"{uri} holds {held}, over the limit of {limit:,}; not read")
+        self.uri = uri
+        self.size = size
+        self.limit = limit
+
+
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """All bytes of one file given by local path or URI (the embed job's image fetcher, on executors).
+
+    Args:
+        uri: a local path, ``/Volumes/...``, ``dbfs:/``, ``file:``, ``s3a://``, ``gs://``, ``hdfs://``, ...
+        max_bytes: the most bytes to return. A file whose size is larger is refused before any byte is read; a
+            file that holds more than its size said (it grew, or a special file that reports no size) is read no
+            further than ``max_bytes + 1`` bytes. None reads the whole file.
+
+    Raises:
+        FileTooLargeError: the file holds more than ``max_bytes`` bytes.
+        OSError: the file cannot be read (missing, no permission, a store's error).
+    """
     if uri.startswith("/Volumes/") or ("://" not in uri and not uri.startswith(("dbfs:", "file:"))):
         with open(uri, "rb") as f:
-            return f.read()
+            return _read_capped(f, os.fstat(f.fileno()).st_size, uri, max_bytes)
     fs, local = arrow_path(uri)
     if not isinstance(fs, pafs.LocalFileSystem):
         scheme, rest = uri.split("://", 1)
         fs = _filesystem(f"{'s3' if scheme in ('s3a', 's3n') else scheme}://{rest.split('/', 1)[0]}")
-    with fs.open_input_stream(local) as f:
+    # A random-access file knows its size from opening it (one metadata request on an object store, as a stream's).
+    with fs.open_input_file(local) as f:
+        return _read_capped(f, f.size(), uri, max_bytes)
+
+
+def _read_capped(f: Any, size: int, uri: str, max_bytes: int | None) -> bytes:
+    """The bytes of the open file ``f`` of ``size`` bytes (as its metadata says), at most ``max_bytes`` of them."""
+    if max_bytes is None:
         return bytes(f.read())
+    if size > max_bytes:
+        raise FileTooLargeError(uri, size, max_bytes)
+    want = size + 1  # one byte past the size: a file that holds more than it said shows it
+    data = bytes(f.read(want))
+    if len(data) == want:
+        data += bytes(f.read(max_bytes + 1 - want))
+    if len(data) > max_bytes:
+        raise FileTooLargeError(uri, None, max_bytes)
+    return data
 
 
 # DataComp shards: <shard>.parquet beside <shard>.npz

@@ -93,7 +93,7 @@ class EmbedOptions(EmbedSettings, Section):
     def validate(self, key: str) -> None:
         for name in (
             "image_batch_size", "text_batch_size", "decode_threads", "prefetch_batches", "max_pixels",
-            "max_caption_chars", "rows_per_commit", "log_every_rows",
+            "max_image_bytes", "max_caption_chars", "rows_per_commit", "log_every_rows",
         ):  # fmt: skip
             check_positive(f"{key}.{name}", getattr(self, name))
         if self.shards_per_commit is not None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 
 import pyarrow as pa
+from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from clipsift.jobs.config import ClipSelectInputConfig, ConfigError, EmbedInputConfig, InputConfig
+from clipsift.jobs.config import ClipSelectInputConfig, ConfigError, EmbedInputConfig, InputConfig, TableRef
 from clipsift.jobs.io.tables import read_table_ref
 from clipsift.udfs.arrow import half_columns_fn
 from clipsift.udfs.readers import list_shards, read_datacomp_shard, read_tar_shard
@@ -43,9 +44,45 @@ def read_datacomp(spark: SparkSession, path: str, arch: str, rows_per_batch: int
     return spark.range(0, len(shards), 1, numPartitions=len(shards)).mapInArrow(read, POOL_DDL)
 
 
+def _read_input(spark: SparkSession, ref: TableRef) -> DataFrame:
+    """A job's ``input`` table (by catalog name or path), as :func:`~clipsift.jobs.io.tables.read_table_ref` reads it.
+
+    Raises:
+        ConfigError: (``input.table`` / ``input.path``) when the table or path does not exist, or Spark cannot read
+            it as ``input.format``.
+    """
+    key = "input.table" if ref.table is not None else "input.path"
+    try:
+        return read_table_ref(spark, ref)
+    except AnalysisException as exc:
+        raise ConfigError(key, _unreadable(ref, exc)) from None
+
+
+def _unreadable(ref: TableRef, exc: AnalysisException) -> str:
+    """Why Spark cannot read ``ref``, in one line."""
+    condition = (getattr(exc, "getCondition", None) or exc.getErrorClass)() or ""
+    if condition == "TABLE_OR_VIEW_NOT_FOUND":
+        return f"table '{ref.table}' does not exist; check the name, or give the table's path as input.path"
+    if condition == "PATH_NOT_FOUND":
+        return f"'{ref.path}' does not exist"
+    if condition.startswith("DELTA_") and "NOT_FOUND" in condition:
+        return f"'{ref.path}' is not a Delta table (no _delta_log); for a Parquet table set input.format: parquet"
+    if condition == "UNABLE_TO_INFER_SCHEMA":
+        return f"'{ref.label}' holds no {ref.format} files"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"cannot read '{ref.label}' as {ref.format}: {first}"
+
+
+def _check_columns(df: DataFrame, label: str, named: Sequence[tuple[str, str | None]]) -> None:
+    """Every column ``named`` as ``(config key, column)`` is in ``df``, or a :class:`ConfigError` names its key."""
+    for key, column in named:
+        if column and column not in df.columns:
+            raise ConfigError(key, f"input '{label}' has no column {column!r} (columns: {', '.join(df.columns)})")
+
+
 def read_table(spark: SparkSession, cfg: InputConfig) -> DataFrame:
     """Read an embedding table (by catalog name or path) as rows of the pool schema."""
-    df = read_table_ref(spark, cfg)
+    df = _read_input(spark, cfg)
     return as_pool(df, cfg)
 
 
@@ -54,14 +91,10 @@ def as_pool(df: DataFrame, cfg: InputConfig) -> DataFrame:
     ``image_col``, ``text_col``, ``shard_col``, ``metadata_cols``); where it came from does not matter.
 
     Raises:
-        ValueError: when a named column is missing.
+        ConfigError: (a ``ValueError``) naming the key, e.g. ``input.image_col``, of a column ``df`` lacks.
     """
-    missing = [c for c in (cfg.uid_col, cfg.image_col, cfg.text_col, cfg.shard_col) if c and c not in df.columns]
-    if missing:
-        raise ValueError(
-            f"input '{cfg.label}' has no column {missing[0]!r} (columns: {', '.join(df.columns)}); "
-            "set input.uid_col / image_col / text_col / shard_col"
-        )
+    named = [(f"input.{name}", getattr(cfg, name)) for name in ("uid_col", "image_col", "text_col", "shard_col")]
+    _check_columns(df, cfg.label, named)
     df = _one_model(df, cfg)
     source = F.col(cfg.shard_col).cast("string") if cfg.shard_col else F.lit(cfg.label)
     types = dict(df.dtypes)
@@ -115,26 +148,24 @@ def read_pool(spark: SparkSession, cfg: InputConfig) -> DataFrame:
     return read_table(spark, cfg)
 
 
-def detect_dim(df: DataFrame, hint: str) -> int:
+def detect_dim(df: DataFrame, hint: str, key: str = "input.image_col") -> int:
     """The most common length of ``image_emb`` (a few malformed rows do not decide it); one aggregate.
 
     Raises:
-        ValueError: when no row has an image embedding; ``hint`` says what to check.
+        ConfigError: (``key``) when no row has an image embedding; ``hint`` says what to check.
     """
     sizes = df.where(F.col("image_emb").isNotNull()).groupBy(F.size("image_emb").alias("d")).count()
     row = sizes.orderBy(F.col("count").desc(), F.col("d").asc()).first()
     if row is None:
-        raise ValueError(f"the input has no image embeddings; {hint}")
+        raise ConfigError(key, f"no row of the input has an image embedding; {hint}")
     return int(row["d"])
 
 
 def read_labelled_table(spark: SparkSession, cfg: ClipSelectInputConfig) -> DataFrame:
     """The input of ``clipsift clipselect`` as ``uid, image_emb, text_emb, label`` (text or label null by variant)."""
-    df = read_table_ref(spark, cfg)
-    wanted = [x for x in (cfg.uid_col, cfg.image_col, cfg.label_col, cfg.text_col) if x]
-    missing = [x for x in wanted if x not in df.columns]
-    if missing:
-        raise ConfigError("input", f"'{cfg.label}' has no column {missing[0]!r} (columns: {', '.join(df.columns)})")
+    df = _read_input(spark, cfg)
+    named = [(f"input.{name}", getattr(cfg, name)) for name in ("uid_col", "image_col", "label_col", "text_col")]
+    _check_columns(df, cfg.label, named)
     if cfg.model is not None:
         if "model_id" not in df.columns:
             raise ConfigError("input.model", f"input '{cfg.label}' has no model_id column; remove input.model")
@@ -190,14 +221,9 @@ def read_webdataset(
 
 def read_pairs_table(spark: SparkSession, cfg: EmbedInputConfig) -> DataFrame:
     """An image-caption table (bytes or paths) as rows of :data:`PAIRS_DDL`."""
-    df = read_table_ref(spark, cfg)
-    wanted = [c for c in (cfg.uid_col, cfg.caption_col, cfg.image_col, cfg.image_path_col) if c]
-    missing = [c for c in wanted if c not in df.columns]
-    if missing:
-        raise ValueError(
-            f"input '{cfg.label}' has no column {missing[0]!r} (columns: {', '.join(df.columns)}); "
-            "set input.uid_col / caption_col / image_col / image_path_col"
-        )
+    df = _read_input(spark, cfg)
+    keys = ("uid_col", "caption_col", "image_col", "image_path_col")
+    _check_columns(df, cfg.label, [(f"input.{name}", getattr(cfg, name)) for name in keys])
     caption_type = dict(df.dtypes)[cfg.caption_col]
     caption = F.col(cfg.caption_col)
     caption = caption if caption_type == "binary" else caption.cast("string").cast("binary")

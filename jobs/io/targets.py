@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from clipsift.jobs.config import ConfigError
+from clipsift.udfs.models import first_line, load_weights
 from clipsift.udfs.readers import arrow_path
 from clipsift.udfs.score import TargetHandle
 
@@ -46,21 +47,20 @@ def load_target(name: str, path: str, key: str | None = None) -> Target:
     Rows are L2-normalised; non-finite or zero rows are dropped and counted.
 
     Raises:
-        FileNotFoundError: naming the target and the config key to fix.
-        ValueError: when the file holds no 2-D array under ``key``.
+        FileNotFoundError: naming the target.
+        ValueError: one line naming the target: the file holds no 2-D array under ``key``, cannot be read, or is
+            refused for holding pickled objects (a ``.pt`` pickling more than tensors, an ``.npy`` of objects).
+        ImportError: a ``.pt`` target where torch is not installed.
     """
     fs, local = arrow_path(path)
     if fs.get_file_info(local).type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"normsim target '{name}': file '{path}' does not exist (config key normsim.targets)")
+        raise FileNotFoundError(f"normsim target '{name}': file '{path}' does not exist")
     suffix = Path(local).suffix.lower()
     with fs.open_input_stream(local) as f:
         raw = _stdio.BytesIO(f.read())
     arr: Any
-    if suffix == ".npy":
-        arr = np.load(raw, allow_pickle=False)
-    elif suffix == ".npz":
-        with np.load(raw, allow_pickle=False) as npz:
-            arr = npz[_pick_key(name, path, key, list(npz.files))]
+    if suffix in (".npy", ".npz"):
+        arr = _load_numpy(name, path, raw, key, archive=suffix == ".npz")
     else:
         arr = _load_torch(name, path, raw, key)
     arr = np.asarray(arr)
@@ -85,6 +85,33 @@ def _pick_key(name: str, path: str, key: str | None, keys: list[str]) -> str:
     return keys[0]
 
 
+def _load_numpy(name: str, path: str, raw: _stdio.BytesIO, key: str | None, archive: bool) -> np.ndarray:
+    """The array of a ``.npy``, or array ``key`` of a ``.npz``; pickled (object) arrays are refused, never loaded."""
+    what = f"normsim target '{name}': '{path}'"
+    try:
+        loaded = np.load(raw, allow_pickle=False)
+    except Exception as exc:
+        raise _numpy_failure(what, exc) from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        return np.asarray(loaded)
+    with loaded as npz:
+        if not archive:
+            raise ValueError(f"{what} is an .npz archive, not an .npy array; name it .npz")
+        picked = _pick_key(name, path, key, list(npz.files))
+        try:
+            return np.asarray(npz[picked])
+        except Exception as exc:
+            raise _numpy_failure(what, exc) from None
+
+
+def _numpy_failure(what: str, exc: Exception) -> ValueError:
+    """One line for what ``np.load`` raised: a corrupt archive or header (zipfile, zlib and numpy raise many types),
+    or a pickled object array that ``allow_pickle=False`` refuses."""
+    if isinstance(exc, ValueError) and "allow_pickle" in str(exc):
+        return ValueError(f"{what} was refused: it holds pickled Python objects, not numbers; save a float array")
+    return ValueError(f"{what} cannot be read by numpy ({type(exc).__name__}: {first_line(exc)})")
+
+
 def _load_torch(name: str, path: str, raw: _stdio.BytesIO, key: str | None) -> np.ndarray:
     try:
         import torch
@@ -92,7 +119,8 @@ def _load_torch(name: str, path: str, raw: _stdio.BytesIO, key: str | None) -> n
         raise ImportError(
             f"normsim target '{name}': reading '{path}' needs torch; pip install 'clipsift[gpu]' or save it as .npy"
         ) from exc
-    obj = torch.load(raw, map_location="cpu", weights_only=True)
+    fix = "save the target as a tensor or a dict of tensors (torch.save), or as a .npy"
+    obj = load_weights(raw, f"normsim target '{name}': '{path}'", fix)
     if isinstance(obj, dict):
         obj = obj[_pick_key(name, path, key, [str(k) for k in obj])]
     if not isinstance(obj, torch.Tensor):

@@ -11,6 +11,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
+#: The ``spark`` section of every config run here: one core each (commands run side by side on two), and Delta and
+#: shuffles sized to tables of a few hundred rows, as the test session is (Delta's 50 snapshot partitions would
+#: make each tiny query 50 tasks).
+SPARK = {
+    "local_catalog": None,
+    "conf": {
+        "spark.master": "local[1]", "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "1",
+        "spark.default.parallelism": "1", "spark.databricks.delta.snapshotPartitions": "1",
+        "spark.sql.sources.parallelPartitionDiscovery.parallelism": "1", "spark.driver.memory": "1g",
+    },
+}  # fmt: skip
+
 
 def clipsift(args: Sequence[str], cwd: Path) -> subprocess.Popen[str]:
     """Start ``python -m clipsift ARGS`` (one Spark of its own, one core) without waiting for it."""

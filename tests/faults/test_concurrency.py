@@ -13,7 +13,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from clipsift.jobs.demo.synth import SynthSpec, generate_pool
-from tests.faults.conftest import clipsift, finish
+from tests.faults.conftest import SPARK, clipsift, finish
 
 SPEC = SynthSpec(n_rows=600, n_shards=2, dim=16, n_concepts=6, seed=13)
 
@@ -25,8 +25,7 @@ def _score_config(folder: Path, pool: Path, output: Path, run_id: str) -> Path:
         "output": {"path": str(output)},
         "run_id": run_id,
         "negclip": {"rounds": 1, "batch_size": 64, "seed": 1},
-        "spark": {"local_catalog": None, "conf": {"spark.master": "local[1]", "spark.sql.shuffle.partitions": "2",
-                                                  "spark.ui.enabled": "false"}},
+        "spark": SPARK,
     }))  # fmt: skip
     return path
 
@@ -70,7 +69,7 @@ def test_two_selects_at_once_both_land(spark: SparkSession, raced: dict[str, Any
             "scores": {"path": str(raced["output"])}, "run_id": "a", "view_prefix": f"p{k}_",
             "selections": [{"name": f"sel{k}", "rule": "top_fraction", "column": column, "fraction": fraction,
                             "materialize": {"path": str(folder / f"sel{k}")}}],
-            "spark": {"local_catalog": None, "conf": {"spark.master": "local[1]", "spark.ui.enabled": "false"}},
+            "spark": SPARK,
         }))  # fmt: skip
         configs.append(path)
     done = [finish(p) for p in [clipsift(["select", "--config", str(c)], folder) for c in configs]]

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.faults.conftest import ROOT, clipsift, finish, one_error_line
+from tests.faults.conftest import ROOT, SPARK, clipsift, finish, one_error_line
 
 FLAKY = """
 import os, sys
@@ -46,7 +46,7 @@ def test_a_spark_setting_spark_refuses_is_one_line(tmp_path: Path) -> None:
     config.write_text(json.dumps({
         "scores": {"path": str(tmp_path / "scores")},
         "selections": [{"name": "x", "rule": "top_fraction", "column": "clip_score", "fraction": 0.1}],
-        "spark": {"local_catalog": None, "conf": {"spark.sql.shuffle.partitions": "abc"}},
+        "spark": {**SPARK, "conf": {**SPARK["conf"], "spark.sql.shuffle.partitions": "abc"}},
     }))  # fmt: skip
     line = one_error_line(*finish(clipsift(["select", "--config", str(config)], tmp_path))[::2])
     assert "'spark.conf.spark.sql.shuffle.partitions'" in line and "abc" in line, line

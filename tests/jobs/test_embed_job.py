@@ -244,6 +244,9 @@ def pairs_table(spark: SparkSession, inputs: dict[str, Any]) -> dict[str, Any]:
     rows.append(dict(rows[2]))  # an identical copy of a row (a double ingest): still one output row
     rows.append({"id": None, "text": "no uid", "file": str(folder / "2.png")})
     rows.append({"id": "late", "text": "a file that appears later", "file": str(folder / "late.png")})
+    with open(folder / "huge.png", "wb") as f:
+        f.truncate(3 << 30)  # 3 GiB, sparse: over embed.max_image_bytes [64 MiB], so never read
+    rows.append({"id": "huge", "text": "a 3 GiB file", "file": str(folder / "huge.png")})
     path = inputs["root"] / "pairs.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     return {"path": path, "folder": folder, "n": len(rows)}
@@ -269,12 +272,14 @@ def test_table_of_image_paths_float16_and_retry(spark: SparkSession, inputs: dic
     rows = table_rows(spark, output).set_index("uid")
     assert rows.index.is_unique and len(rows) == first.embedded
     assert rows.loc["late", "status"] == "unreadable_file" and "late.png" in rows.loc["late", "error"]
+    assert rows.loc["huge", "status"] == "image_too_large" and "3,221,225,472 bytes" in rows.loc["huge", "error"]
+    assert rows.loc["huge", "image_emb"] is None and rows.loc["huge", "text_emb"] is not None
     assert isinstance(rows.loc["t1", "image_emb"], (bytes, bytearray)) and len(rows.loc["t1", "image_emb"]) == 2 * DIM
     half = half_to_lists(pa.array(list(rows["image_emb"]), pa.binary())).to_pylist()
     ok = [h for h, s in zip(half, rows["status"], strict=True) if s == "ok"]
     np.testing.assert_allclose(np.linalg.norm(np.array(ok), axis=1), 1.0, atol=2e-3)
 
-    # The file shows up; a rerun retries that row (unreadable_file may pass) and only that row.
+    # The file shows up; a rerun retries that row (unreadable_file may pass) and only that row, not image_too_large.
     shutil.copy(pairs_table["folder"] / "3.png", pairs_table["folder"] / "late.png")
     second = embed_job.run(spark, embed_config(inputs, output, **overrides))
     assert second.embedded == 1 and second.by_status == {"ok": 1}

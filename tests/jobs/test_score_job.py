@@ -19,7 +19,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from clipsift.jobs import io
-from clipsift.jobs.config import ScoreConfig, TableRef, from_dict
+from clipsift.jobs.config import ConfigError, ScoreConfig, TableRef, from_dict
 from clipsift.jobs.score import NORMSIM2D_COLUMN, run
 from clipsift.udfs.kernels import batch_plan, clip_score, l2_normalize, negclip_loss, normsim, normsim2_dynamic
 from clipsift.udfs.schemas import STATUS
@@ -411,7 +411,7 @@ def test_missing_target_file(spark: SparkSession, scored: Any, tmp_path: Path) -
     data = copy.deepcopy(scored.data)
     data["output"] = {"path": str(tmp_path / "never")}
     data["normsim"] = {"targets": [{"name": "ghost", "path": str(tmp_path / "ghost.npy")}]}
-    with pytest.raises(FileNotFoundError, match="ghost"):
+    with pytest.raises(ConfigError, match=r"'normsim\.targets\[0\]\.path'.*ghost.*does not exist"):
         run(spark, from_dict(ScoreConfig, data))
     assert not io.table_exists(spark, TableRef(path=str(tmp_path / "never")))
 

@@ -3,6 +3,7 @@ synthetic data, streaming from iterators, and the save/load round trip."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from clipsift.udfs.adapters import (
     save_adapters,
     train_adapters,
 )
+from tests.support.pickles import write_torch_payload
 
 DIM, CLASSES = 16, 4
 
@@ -154,3 +156,26 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     (folder / "provenance.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match="sha256"):
         load_adapters(folder)
+
+
+def test_a_weights_file_that_pickles_code_is_refused_unrun(tmp_path: Path) -> None:
+    """adapters.pt replaced by a pickle with a ``__reduce__`` payload (the provenance's sha256 updated to match):
+    refused in one line naming the file and why, the payload never runs; a file of other tensors says so too."""
+    folder = save_adapters(AdapterPair(DIM), tmp_path / "adapters", {"model": "m"})
+    marker = tmp_path / "payload-ran"
+    weights = write_torch_payload(folder / "adapters.pt", marker, around=lambda p: {"image": p, "text": p})
+    record = json.loads((folder / "provenance.json").read_text())
+    record["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (folder / "provenance.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError) as info:
+        load_adapters(folder)
+    message = str(info.value)
+    assert "\n" not in message and str(weights) in message and "was refused" in message and "weights_only" in message
+    assert not marker.exists()
+
+    torch.save({"weights": torch.zeros(2, 2)}, weights)
+    record["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (folder / "provenance.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="does not hold the image and text adapters") as info:
+        load_adapters(folder)
+    assert "\n" not in str(info.value)

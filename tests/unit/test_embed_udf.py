@@ -7,6 +7,7 @@ Rows go through :func:`clipsift.udfs.embed.embed_batches` as ``mapInArrow`` woul
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from clipsift.udfs.decode import IMAGE_NULL, IMAGE_OK, TEXT_EMPTY, TEXT_INVALID_
 from clipsift.udfs.embed import (
     ENCODE_FAILED,
     EXTREME_ASPECT,
+    IMAGE_TOO_LARGE,
     OK,
     UNREADABLE_FILE,
     EmbedSettings,
@@ -307,6 +309,46 @@ def test_image_paths_use_the_fetch_function(encoder: ClipEncoder, stamps: Stamps
     assert "PermissionError" in rows[2]["error"] and "access denied" in rows[2]["error"]
     inline = _run([_stamp_batch(stamps[:2])], encoder)
     np.testing.assert_allclose(_stack(_vectors(out, "image_emb")[:2]), _dense(inline, "image_emb"), atol=1e-6)
+
+
+def test_images_over_max_image_bytes_get_image_too_large(encoder: ClipEncoder, stamps: Stamps, tmp_path: Path) -> None:
+    """A (sparse) image file of 3x the limit is refused unread, inline bytes over it undecoded, by the default
+    fetcher and after a fetcher of one's own; their captions are still embedded."""
+    small = stamps[0][1]
+    cap = len(small)
+    settings = dataclasses.replace(SETTINGS, max_image_bytes=cap)
+    good, huge = tmp_path / "good.png", tmp_path / "huge.png"
+    good.write_bytes(small)
+    with open(huge, "wb") as f:
+        f.truncate(3 * cap)
+    paths = [str(good), str(huge)]
+    by_path = _run([_batch(["good", "huge"], ["a cat", "a dog"], paths, paths=True)], encoder, settings)
+    inline = _run([_batch(["good", "big"], ["a cat", "a dog"], [small, small + b"\0"])], encoder, settings)
+    fetched = _run(
+        [_batch(["good", "big"], ["a cat", "a dog"], ["mem://good", "mem://big"], paths=True)],
+        encoder,
+        settings,
+        fetch={"mem://good": small, "mem://big": small + b"\0"}.__getitem__,
+    )
+    for out in (by_path, inline, fetched):
+        rows = out.to_pylist()
+        assert [r["image_status"] for r in rows] == [OK, IMAGE_TOO_LARGE], rows
+        assert [r["status"] for r in rows] == [OK, IMAGE_TOO_LARGE]
+        assert "embed.max_image_bytes" in rows[1]["error"] and f"{cap:,}" in rows[1]["error"]
+        assert _vectors(out, "image_emb")[1] is None and _vectors(out, "text_emb")[1] is not None
+    assert f"{3 * cap:,} bytes" in by_path.to_pylist()[1]["error"] and "not read" in by_path.to_pylist()[1]["error"]
+    assert EmbedSettings().max_image_bytes == 64 << 20
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "64MiB"])
+def test_max_image_bytes_must_be_a_positive_integer(value: str) -> None:
+    from clipsift.jobs.config import ConfigError, EmbedConfig, load
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    assert load(EmbedConfig, examples / "embed.yaml").embed.max_image_bytes == 64 << 20
+    with pytest.raises(ConfigError) as err:
+        load(EmbedConfig, examples / "embed.yaml", [f"embed.max_image_bytes={value}"])
+    assert err.value.key == "embed.max_image_bytes"
 
 
 # --------------------------------------------------------------------------------------------------

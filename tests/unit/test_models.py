@@ -211,6 +211,16 @@ def test_missing_checkpoint_file(tmp_path: Path) -> None:
         assert needle in message, (needle, message)
 
 
+def test_a_checkpoint_that_pickles_code_is_refused_unrun(tmp_path: Path) -> None:
+    from tests.support.pickles import write_torch_payload
+
+    marker = tmp_path / "payload-ran"
+    checkpoint = write_torch_payload(tmp_path / "weights.pt", marker, around=lambda p: {"state_dict": p})
+    message = _load_error(tiny_spec(pretrained=str(checkpoint)))
+    assert "\n" not in message and str(checkpoint) in message and "was refused" in message, message
+    assert "state_dict" in message and not marker.exists()
+
+
 def test_invalid_config_json() -> None:
     message = _load_error(tiny_spec(name="clipsift-broken-config", config_json='{"embed_dim": 32,'))
     for needle in ("clipsift-broken-config", "JSON"):

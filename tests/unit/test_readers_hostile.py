@@ -12,6 +12,7 @@ import json
 import os
 import struct
 import tarfile
+import tracemalloc
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from clipsift.udfs.ingest import check_batch
-from clipsift.udfs.readers import list_shards, read_datacomp_shard, read_tar_shard
+from clipsift.udfs.readers import FileTooLargeError, list_shards, read_bytes, read_datacomp_shard, read_tar_shard
 from clipsift.udfs.schemas import PAIRS_ARROW, POOL_ARROW, STATUS
 
 DIM = 4
@@ -317,3 +318,50 @@ def test_tar_cut_inside_member_data_names_the_sample_it_drops(tmp_path: Path) ->
 def test_whole_tar_has_no_broken_row(tmp_path: Path) -> None:
     _tar(tmp_path / "s.tar", _samples(3))
     assert [r["uid"] for r in _tar_rows(tmp_path / "s.tar")] == ["w-0", "w-1", "w-2"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Single files by path (the embed job's image fetcher)
+
+
+@pytest.mark.parametrize("as_uri", [False, True], ids=["path", "file-uri"])
+def test_a_file_over_the_limit_is_refused_from_its_size_unread(tmp_path: Path, as_uri: bool) -> None:
+    """A 3 GiB (sparse) file under a 64 MiB limit: refused with its size, and not a byte of it is read."""
+    cap = 64 << 20
+    big = tmp_path / "huge.jpg"
+    with open(big, "wb") as f:
+        f.truncate(3 << 30)
+    uri = f"file://{big}" if as_uri else str(big)
+    tracemalloc.start()
+    try:
+        with pytest.raises(FileTooLargeError) as info:
+            read_bytes(uri, max_bytes=cap)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak:,} bytes allocated to refuse the file"
+    assert info.value.size == 3 << 30 and info.value.limit == cap
+    assert "3,221,225,472 bytes" in str(info.value) and "67,108,864" in str(info.value)
+
+
+@pytest.mark.parametrize("as_uri", [False, True], ids=["path", "file-uri"])
+def test_files_up_to_the_limit_are_read_whole(tmp_path: Path, as_uri: bool) -> None:
+    cap = 1000
+    for size in (0, 1, cap):
+        path = tmp_path / f"{size}.bin"
+        path.write_bytes(os.urandom(size))
+        uri = f"file://{path}" if as_uri else str(path)
+        assert read_bytes(uri, max_bytes=cap) == path.read_bytes()
+    over = tmp_path / "over.bin"
+    over.write_bytes(os.urandom(cap + 1))
+    with pytest.raises(FileTooLargeError):
+        read_bytes(f"file://{over}" if as_uri else str(over), max_bytes=cap)
+    assert read_bytes(str(over)) == over.read_bytes()  # no limit: the whole file, as before
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_a_file_that_reports_no_size_is_read_no_further_than_the_limit() -> None:
+    """/dev/zero says it holds 0 bytes and never ends: the read stops one byte past the limit."""
+    with pytest.raises(FileTooLargeError) as info:
+        read_bytes("/dev/zero", max_bytes=4096)
+    assert info.value.size is None and "more bytes" in str(info.value)

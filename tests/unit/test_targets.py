@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from clipsift.jobs.io import load_target
+from tests.support.pickles import write_torch_payload
 
 torch = pytest.importorskip("torch")
 
@@ -70,3 +72,30 @@ def test_ship_matrix_closure_or_staged_once_for_workers_to_map(tmp_path: Path) -
     np.testing.assert_array_equal(np.load(staged.path, mmap_mode="r"), target.matrix)
     with pytest.raises(ConfigError, match=r"normsim\.staging_dir"):
         ship_matrix("t", target.matrix, target.sha256, moment=moment, closure_max_mb=0, staging_dir=None)
+
+
+def test_pickles_are_refused_without_running_their_code(tmp_path: Path) -> None:
+    """A .pt whose pickle would run code (``__reduce__``), bare or inside a dict, and an .npy of Python objects:
+    refused with one line naming the target and why; the payload never runs."""
+    marker = tmp_path / "payload-ran"
+    bare = write_torch_payload(tmp_path / "bare.pt", marker)
+    nested = write_torch_payload(tmp_path / "nested.pt", marker, around=lambda p: {"image_features": p})
+    for path in (bare, nested):
+        with pytest.raises(ValueError) as info:
+            load_target("t", str(path), key="image_features")
+        message = str(info.value)
+        assert "\n" not in message and "normsim target 't'" in message and str(path) in message
+        assert "was refused" in message and "weights_only=True" in message and re.search(r"it names \S*open", message)
+    assert not marker.exists()
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="was refused: it holds pickled Python objects"):
+        load_target("o", str(tmp_path / "objects.npy"))
+
+
+def test_unreadable_files_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "cut.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    for name in ("cut.npz", "cut.pt"):
+        with pytest.raises(ValueError) as info:
+            load_target("c", str(tmp_path / name))
+        assert "\n" not in str(info.value) and "cannot be read" in str(info.value) and name in str(info.value)
