@@ -13,7 +13,10 @@ import yaml
 
 from clipsift.jobs.demo.synth import SynthSpec, generate_pool
 
-SPARK = {"spark.master": "local[2]", "spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false"}
+SPARK = {
+    "spark.master": "local[2]", "spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false",
+    "spark.databricks.delta.snapshotPartitions": "2", "spark.default.parallelism": "2",
+}  # fmt: skip
 
 
 def _clipsift(*args: str, cwd: Path) -> str:

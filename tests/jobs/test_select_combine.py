@@ -238,9 +238,13 @@ def test_a_second_select_reuses_the_landed_imports(
 ) -> None:
     imports_path = teachers["runs"]["l14"]["path"] + "_imports"
     before = spark.sql(f"DESCRIBE HISTORY delta.`{imports_path}`").count()
-    again = select(spark, from_dict(SelectConfig, {**combined["data"], "view_prefix": "cmb2_"}))
+    imports = [s for s in combined["data"]["selections"] if s["rule"] == "import"]
+    again = select(spark, from_dict(SelectConfig, {**combined["data"], "view_prefix": "cmb2_", "selections": imports}))
     assert spark.sql(f"DESCRIBE HISTORY delta.`{imports_path}`").count() == before
-    assert {r.name: r.rows for r in again} == {n: r.rows for n, r in combined["results"].items()}
+    assert {r.name: r.rows for r in again} == {s["name"]: combined["results"][s["name"]].rows for s in imports}
+    assert {r.name: r.cutoffs["import_id"] for r in again} == {
+        s["name"]: combined["results"][s["name"]].cutoffs["import_id"] for s in imports
+    }
 
 
 @pytest.mark.parametrize(

@@ -324,3 +324,17 @@ def test_uid_bounds_cut_the_rows_into_even_ranges(spark: SparkSession) -> None:
     assert sum(sizes) == 10_000  # every uid in exactly one range
     assert len(bounds) == 7 and max(sizes) < 2 * 10_000 / 8
     assert uid_bounds(todo, 1, 10_000) == [] and uid_bounds(todo, 4, 0) == []
+
+
+NASTY = ["plain", "it's", "a`b", "back\\slash", "x'; DROP TABLE t; --", "/* c */", "tab\tnew\nline", "ünï", "\\'"]
+
+
+def test_sql_string_and_quote_ident_round_trip_in_spark(spark: SparkSession) -> None:
+    """What sql_string writes Spark reads back as the same string, and a quoted name is one column of that name:
+    no value or name from a config can end a literal or an identifier early."""
+    from clipsift.jobs.io import quote_ident, sql_string
+
+    for text in NASTY:
+        row = spark.sql(f"SELECT {sql_string(text)} AS v").first()
+        assert row is not None and row["v"] == text, text
+        assert spark.sql(f"SELECT 1 AS {quote_ident(text)}").columns == [text], text

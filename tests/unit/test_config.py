@@ -828,3 +828,61 @@ def test_nan_is_refused_for_every_float_key(name: str, cls: type) -> None:
     with pytest.raises(ConfigError) as err:  # and from YAML, named by its key path
         load(EmbedConfig, EXAMPLES / "embed.yaml", ["embed.max_aspect_ratio=.nan"])
     assert err.value.key == "embed.max_aspect_ratio"
+
+
+# --------------------------------------------------------------------------------------------------
+# Injection: every config string that becomes an identifier in SQL text is validated (string literals are quoted by
+# sql_string, tested in tests/spark/test_io.py)
+
+PAYLOADS = ("x`y", "x'y", "x; DROP TABLE t", "x -- c", "x/*c*/", "x y", "x)", "x\ny", "")
+
+
+def _select_keys() -> dict[str, Any]:
+    return {
+        "scores": {"table": "db.scores"},
+        "view_prefix": "p_",
+        "view_schema": "db",
+        "join": [{"alias": "b", "scores": {"table": "db.other"}}],
+        "selections": [
+            {"name": "a", "rule": "sequential", "column": "c", "fraction": 0.3, "then_column": "b.d",
+             "then_fraction": 0.2, "materialize": {"table": "db.m", "properties": {"comment": "x"}}},
+            {"name": "r", "rule": "sum_of_ranks", "columns": ["c", "b.d"], "fraction": 0.1, "within": "a"},
+            {"name": "i", "rule": "import", "source": {"table": "db.uids", "uid_column": "u"}},
+            {"name": "u", "rule": "union", "of": ["a", "r"]},
+        ],
+    }  # fmt: skip
+
+
+SQL_NAMES = [
+    ("view_prefix",), ("view_schema",), ("scores", "table"), ("join", 0, "alias"), ("join", 0, "scores", "table"),
+    ("selections", 0, "name"), ("selections", 0, "column"), ("selections", 0, "then_column"),
+    ("selections", 0, "materialize", "table"), ("selections", 1, "columns", 0), ("selections", 1, "within"),
+    ("selections", 2, "source", "table"), ("selections", 2, "source", "uid_column"), ("selections", 3, "of", 0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", SQL_NAMES, ids=lambda p: ".".join(map(str, p)))
+def test_select_keys_that_reach_sql_refuse_injection(path: tuple[Any, ...]) -> None:
+    for payload in PAYLOADS:
+        data = _select_keys()
+        node = data
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = payload
+        if path[-1] == "view_prefix" and payload == "":
+            continue  # no prefix is valid
+        with pytest.raises(ConfigError):
+            from_dict(SelectConfig, data)
+    from_dict(SelectConfig, _select_keys())  # the unchanged config is valid
+
+
+def test_property_names_and_score_names_refuse_injection() -> None:
+    for payload in PAYLOADS:
+        data = _select_keys()
+        data["selections"][0]["materialize"]["properties"] = {payload: "v"}
+        with pytest.raises(ConfigError):
+            from_dict(SelectConfig, data)
+        for key, value in (("output", {"table": payload}), ("normsim", {"targets": [{"name": payload, "path": "t"}]})):
+            score = {"input": {"kind": "datacomp", "path": "/p"}, "output": {"table": "db.s"}, key: value}
+            with pytest.raises(ConfigError):
+                from_dict(ScoreConfig, score)
