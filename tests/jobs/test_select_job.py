@@ -176,6 +176,8 @@ def test_export_npy(spark: SparkSession, selected: dict[str, Any]) -> None:
     expected = sorted((int(u[:16], 16), int(u[16:], 16)) for u in uids)
     assert arr.tolist() == expected
     assert len(arr) == 240
+    # Exports are written only where asked: the subset file and the materialised table, no temporary file left.
+    assert sorted(p.name for p in selected["out"].iterdir()) == ["seq_uids", "top_exact.npy"]
 
 
 def test_unknown_column_and_empty_run(spark: SparkSession, scored: Any) -> None:
