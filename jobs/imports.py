@@ -20,8 +20,6 @@ from clipsift.jobs import io
 from clipsift.jobs.config import ConfigError, ImportSource, TableRef
 from clipsift.jobs.io import quote_ident, sql_string
 
-IMPORTS_DDL = "import_id string, uid string"
-
 
 @dataclass(frozen=True)
 class Imported:
@@ -49,30 +47,43 @@ class Imported:
         return asdict(self)
 
 
-def import_uids(spark: SparkSession, source: ImportSource, imports: TableRef, pool: DataFrame, key: str) -> Imported:
-    """Land ``source``'s uids in ``imports`` (unless already there) and count them against the ``pool``'s uids.
+def import_uids(
+    spark: SparkSession, source: ImportSource, imports: TableRef, pool: DataFrame, pool_rows: int, key: str
+) -> Imported:
+    """Land ``source``'s uids in ``imports`` (unless already there) and count them against the ``pool``'s uids
+    (``pool_rows`` rows).
 
     Raises:
         ConfigError: (under ``key``) a missing or malformed source, or one with no uid in the pool.
     """
-    if source.npy is not None:
-        import_id, kind, sha, rows, nulls, ordered = _land_npy(spark, source.npy, imports, f"{key}.npy")
-    else:
-        import_id, rows, nulls = _land_table(spark, source, imports, key)
-        kind, sha, ordered = "table", None, None
-    landed = _landed(spark, imports, import_id).select("uid").distinct()
+    land = _land_npy if source.npy is not None else _land_table
+    landed_as = land(spark, source, imports, key)
+    landed = _landed(spark, imports, landed_as.import_id).select("uid").distinct()
     distinct = landed.count()
     absent = landed.join(pool.select("uid"), "uid", "left_anti").count()
     if distinct == absent:
         raise ConfigError(
             key,
-            f"none of the {distinct} uids of {source.label} is among the pool's {pool.count()} rows (ok in every run "
+            f"none of the {distinct} uids of {source.label} is among the pool's {pool_rows} rows (ok in every run "
             "used); is it a subset of this pool? uids are compared as text: DataComp's are 32 lowercase hex characters",
         )
+    rows, nulls = landed_as.rows, landed_as.null_uids
     return Imported(
-        import_id, source.label, kind, sha, rows, distinct, rows - nulls - distinct, nulls, absent, distinct - absent,
-        ordered,
+        landed_as.import_id, source.label, "npy" if source.npy is not None else "table", landed_as.sha256, rows,
+        distinct, rows - nulls - distinct, nulls, absent, distinct - absent, landed_as.sorted,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Landed:
+    """What landing a source found: its content id, rows read (null uids included) and, for a file, its hash and
+    order."""
+
+    import_id: str
+    rows: int
+    null_uids: int = 0
+    sha256: str | None = None
+    sorted: bool | None = None
 
 
 def import_condition(imports: TableRef, import_id: str) -> str:
@@ -88,7 +99,8 @@ def _count_landed(spark: SparkSession, imports: TableRef, import_id: str) -> int
     return _landed(spark, imports, import_id).count() if io.table_exists(spark, imports) else -1
 
 
-def _land_npy(spark: SparkSession, path: str, imports: TableRef, key: str) -> tuple[str, str, str, int, int, bool]:
+def _land_npy(spark: SparkSession, source: ImportSource, imports: TableRef, key: str) -> _Landed:
+    path, key = str(source.npy), f"{key}.npy"
     try:
         info = io.inspect_subset(path)
     except FileNotFoundError as exc:
@@ -106,10 +118,10 @@ def _land_npy(spark: SparkSession, path: str, imports: TableRef, key: str) -> tu
                 io.replace_where(chunk, imports, condition, partition_by="import_id")
             else:
                 io.append_table(chunk, imports, partition_by="import_id")
-    return import_id, "npy", info.sha256, info.rows, 0, info.sorted
+    return _Landed(import_id, info.rows, sha256=info.sha256, sorted=info.sorted)
 
 
-def _land_table(spark: SparkSession, source: ImportSource, imports: TableRef, key: str) -> tuple[str, int, int]:
+def _land_table(spark: SparkSession, source: ImportSource, imports: TableRef, key: str) -> _Landed:
     ref = source.table_ref()
     assert ref is not None
     where = "table" if source.table is not None else "path"
@@ -135,7 +147,7 @@ def _land_table(spark: SparkSession, source: ImportSource, imports: TableRef, ke
     if _count_landed(spark, imports, import_id) != named:
         rows_df = uids.where(F.col("uid").isNotNull()).select(F.lit(import_id).alias("import_id"), "uid")
         io.replace_where(rows_df, imports, f"`import_id` = {sql_string(import_id)}", partition_by="import_id")
-    return import_id, rows, rows - named
+    return _Landed(import_id, rows, null_uids=rows - named)
 
 
 def _exists(spark: SparkSession, ref: TableRef) -> bool:

@@ -94,7 +94,7 @@ def run(spark: SparkSession, cfg: SelectConfig) -> list[SelectionResult]:
             if sel.rule == "import":
                 assert sel.source is not None
                 imports = io.sibling(cfg.scores, "imports")
-                got = import_uids(spark, sel.source, imports, pool, f"selections[{i}].source")
+                got = import_uids(spark, sel.source, imports, pool, pool_rows, f"selections[{i}].source")
                 rendered = _Rendered(import_condition(imports, got.import_id), got.record())
             else:
                 rendered = _render(_resolved(sel), population, n, views)

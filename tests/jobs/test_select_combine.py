@@ -25,6 +25,7 @@ from clipsift.jobs.score import run as score
 from clipsift.jobs.select import run as select
 from clipsift.udfs.kernels import clip_score, l2_normalize, normsim_inf
 from clipsift.udfs.schemas import STATUS
+from tests.support.subsets import BAD_SUBSET_FILES, write_bad_subset
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = SynthSpec(n_rows=3000, n_shards=3, dim=32, dim_l14=48, n_concepts=12, seed=21, with_l14=True)
@@ -247,38 +248,18 @@ def test_a_second_select_reuses_the_landed_imports(
     }
 
 
-@pytest.mark.parametrize(
-    "kind",
-    ["wrong_dtype", "plain_uint64", "two_dim", "no_rows", "empty_file", "not_npy", "truncated", "missing",
-     "all_absent", "wrong_suffix"],
-)  # fmt: skip
+@pytest.mark.parametrize("kind", [*BAD_SUBSET_FILES, "all_absent", "wrong_suffix"])
 def test_bad_subset_files_are_one_clear_error(
     spark: SparkSession, teachers: dict[str, Any], tmp_path: Path, kind: str
 ) -> None:
     path = tmp_path / f"{kind}.npy"
-    good = uid_pairs(sorted(teachers["joined"]["uid"])[:10])
-    if kind == "wrong_dtype":
-        np.save(path, good.astype("i8,i8"))
-    elif kind == "plain_uint64":
-        np.save(path, np.zeros(10, dtype=np.uint64))
-    elif kind == "two_dim":
-        np.save(path, np.zeros((10, 2), dtype=np.uint64))
-    elif kind == "no_rows":
-        write_subset_npy(good[:0], str(path))
-    elif kind == "empty_file":
-        path.write_bytes(b"")
-    elif kind == "not_npy":
-        path.write_text("uid\n" + "\n".join(teachers["joined"]["uid"][:10]))
-    elif kind == "truncated":
-        np.save(path, good)
-        path.write_bytes(path.read_bytes()[:-7])
-    elif kind == "all_absent":
+    if kind == "all_absent":
         np.save(path, uid_pairs([hashlib.md5(str(i).encode()).hexdigest() for i in range(10)]))
     elif kind == "wrong_suffix":
         path = tmp_path / "uids.txt"
-    expected = {"wrong_dtype": "dtype", "plain_uint64": "dtype", "two_dim": "dtype", "no_rows": "no uid",
-                "empty_file": "not a .npy", "not_npy": "not a .npy", "truncated": "truncated", "missing": "no file",
-                "all_absent": "none of the 10 uids", "wrong_suffix": "ending in .npy"}[kind]  # fmt: skip
+    else:
+        write_bad_subset(kind, path)
+    expected = {**BAD_SUBSET_FILES, "all_absent": "none of the 10 uids", "wrong_suffix": "ending in .npy"}[kind]
     data = {
         "scores": {"path": teachers["runs"]["l14"]["path"]},
         "view_prefix": "bad_",

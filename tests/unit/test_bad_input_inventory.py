@@ -15,11 +15,12 @@ import pyarrow as pa
 import pytest
 
 from clipsift.jobs.config import ConfigError, ScoreConfig, SelectConfig, from_dict
-from clipsift.jobs.io import SubsetFileError, inspect_subset, uid_pairs
+from clipsift.jobs.io import SubsetFileError, inspect_subset
 from clipsift.udfs.decode import decode_caption, decode_image
 from clipsift.udfs.ingest import first_problem
 from clipsift.udfs.schemas import STATUS
 from tests.support.corpus import broken_image_corpus
+from tests.support.subsets import BAD_SUBSET_FILES, write_bad_subset
 
 ROOT = Path(__file__).resolve().parents[2]
 DIM = 4
@@ -54,31 +55,7 @@ EMBEDDINGS: list[tuple[str, Any, Any, str]] = [
     ("huge_values", "u10", [1e38, 1e38, 0.0, 0.0], STATUS.OK),
 ]
 
-SUBSET_FILES = ("wrong_dtype", "signed_pairs", "plain_uint64", "two_dim", "no_rows", "empty_file", "text_file",
-                "truncated", "object_array", "missing")  # fmt: skip
-
-
-def _subset_file(kind: str, path: Path) -> None:
-    good = uid_pairs([f"{i:032x}" for i in range(10)])
-    if kind == "wrong_dtype":
-        np.save(path, np.zeros(10, dtype="f8,f8"))
-    elif kind == "signed_pairs":
-        np.save(path, good.astype("i8,i8"))
-    elif kind == "plain_uint64":
-        np.save(path, np.zeros(10, dtype=np.uint64))
-    elif kind == "two_dim":
-        np.save(path, np.zeros((10, 2), dtype=np.uint64))
-    elif kind == "no_rows":
-        np.save(path, good[:0])
-    elif kind == "empty_file":
-        path.write_bytes(b"")
-    elif kind == "text_file":
-        path.write_text("\n".join(f"{i:032x}" for i in range(10)))
-    elif kind == "truncated":
-        np.save(path, good)
-        path.write_bytes(path.read_bytes()[:-5])
-    elif kind == "object_array":
-        np.save(path, np.array([{"uid": "x"}], dtype=object), allow_pickle=True)
+SUBSET_FILES = tuple(BAD_SUBSET_FILES)
 
 
 def _readme_figures() -> dict[str, int]:
@@ -115,10 +92,11 @@ def test_embedding_kinds_in_one_batch_rows_in_equal_rows_out() -> None:
 @pytest.mark.parametrize("kind", SUBSET_FILES)
 def test_subset_file_kinds_are_one_clear_error(kind: str, tmp_path: Path) -> None:
     path = tmp_path / "subset.npy"
-    _subset_file(kind, path)
+    write_bad_subset(kind, path)
     with pytest.raises((SubsetFileError, FileNotFoundError)) as err:
         inspect_subset(str(path))
     assert "\n" not in str(err.value) and str(path) in str(err.value)
+    assert BAD_SUBSET_FILES[kind] in str(err.value), str(err.value)
 
 
 def _config_kinds() -> list[tuple[str, type, dict[str, Any]]]:
