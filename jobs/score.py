@@ -120,8 +120,9 @@ def _normsim_columns(cfg: ScoreConfig) -> dict[str, str]:
 def _apply_normsim(df: DataFrame, p: Pass) -> DataFrame:
     n = p.cfg.normsim
     return df.transform(
-        with_normsim, targets=p.handles, norms=n.norms, dim=p.dim, signed=n.signed_inf, block_size=n.block_size
-    )
+        with_normsim, targets=p.handles, norms=n.norms, dim=p.dim, signed=n.signed_inf, block_size=n.block_size,
+        device=n.device, precision=n.precision,
+    )  # fmt: skip
 
 
 def _targets_lineage(targets: Sequence[io.Target]) -> list[dict[str, object]]:

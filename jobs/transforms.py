@@ -101,12 +101,21 @@ def normsim_column(name: str, p: str) -> str:
 
 
 def with_normsim(
-    df: DataFrame, *, targets: Sequence[TargetHandle], norms: tuple[str, ...], dim: int, signed: bool, block_size: int
+    df: DataFrame,
+    *,
+    targets: Sequence[TargetHandle],
+    norms: tuple[str, ...],
+    dim: int,
+    signed: bool,
+    block_size: int,
+    device: str = "auto",
+    precision: str = "fp32",
 ) -> DataFrame:
-    """Add ``normsim_<p>_<target>`` for each target and each p in ``norms``."""
+    """Add ``normsim_<p>_<target>`` for each target and each p in ``norms`` (NormSim∞ on ``device``)."""
     for handle in targets:
         tmp = f"_normsim_{handle.name}"
-        df = df.withColumn(tmp, normsim_udf(handle, norms, dim, signed, block_size)("image_emb"))
+        udf = normsim_udf(handle, norms, dim, signed, block_size, device=device, precision=precision)
+        df = df.withColumn(tmp, udf("image_emb"))
         for p in norms:
             df = df.withColumn(normsim_column(handle.name, p), F.col(f"{tmp}.normsim_{p}"))
         df = df.drop(tmp)
@@ -142,8 +151,9 @@ def with_negclip(
             are hashed into shuffle partitions and two groups may share a task. Unused when ``aligned``.
     """
     settings = NegClipSettings(
-        rounds=cfg.rounds, batch_size=cfg.batch_size, tau=cfg.tau, seed=cfg.seed, dim=dim, block_rows=cfg.block_rows
-    )
+        rounds=cfg.rounds, batch_size=cfg.batch_size, tau=cfg.tau, seed=cfg.seed, dim=dim, block_rows=cfg.block_rows,
+        device=cfg.device, precision=cfg.precision,
+    )  # fmt: skip
     drop = () if keep_embeddings else ("image_emb", "text_emb")
     fields = [f for f in df.schema.fields if f.name not in drop]
     schema = StructType([*fields, *(StructField(c, DoubleType()) for c in NEGCLIP_COLUMNS)])

@@ -2,13 +2,18 @@
 
 Each factory returns a UDF (or a grouped-map function) whose body converts Arrow list arrays to
 numpy matrices without copying and calls one kernel. Inputs must be rows with status ``ok``:
-non-null, finite, ``dim`` values each (the job filters the rest out first).
+non-null, finite, ``dim`` values each (the job filters the rest out first). negCLIPLoss and NormSim∞ run on
+the executor's GPU through :mod:`clipsift.udfs.kernels.torch_kernels` where :func:`kernel_device` says so
+(torch is imported only then).
 """
 
 from __future__ import annotations
 
+import glob
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -60,8 +65,90 @@ def target_rows(handle: TargetHandle) -> np.ndarray:
     return _TARGET_CACHE[key]
 
 
-def normsim_udf(handle: TargetHandle, norms: tuple[str, ...], dim: int, signed: bool, block_size: int) -> Any:
-    """UDF ``image_emb -> struct<normsim_<p> double, ...>`` for one target and the requested p ∈ {"2", "inf"}."""
+def kernel_device(device: str, key: str) -> str | None:
+    """Where a score kernel runs on this executor: ``None`` for the numpy kernels (the host's CPUs), else a torch
+    device for :mod:`clipsift.udfs.kernels.torch_kernels`. The one place the choice is made.
+
+    Args:
+        device: ``cpu`` (numpy); ``auto``: the GPU Spark gave the running task (``spark.task.resource.gpu.amount``),
+            else ``cuda`` when torch sees one, else numpy (also when torch is not installed, as in the CPU image;
+            torch is not even imported on a host without a GPU device node); ``cuda`` / ``cuda:N``: torch on that
+            device.
+        key: the config key ``device`` came from, for the error when ``cuda`` is asked for and there is none.
+    """
+    if device == "cpu":
+        return None
+    gpus: list[str] = []
+    if device == "auto":
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        resource = ctx.resources().get("gpu") if ctx is not None else None
+        gpus = list(resource.addresses) if resource is not None else []
+        if not gpus and not _host_shows_gpu():
+            return None  # a CPU host: numpy, without importing torch
+    missing = _no_cuda_reason()
+    if missing is not None:
+        if device == "auto":
+            return None
+        raise RuntimeError(f"{key} is '{device}', but this executor has no GPU for it ({missing}); use auto or cpu")
+    if device != "auto":
+        return device
+    return f"cuda:{gpus[0]}" if gpus else "cuda"
+
+
+def _host_shows_gpu() -> bool:
+    """Whether the host has a GPU device node (NVIDIA, or AMD's ROCm), checked before paying for ``import torch``."""
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/kfd") or bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+@lru_cache(maxsize=1)
+def _no_cuda_reason() -> str | None:
+    """Why torch cannot run on a GPU in this worker, or ``None`` when it can (asked once per Python worker)."""
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return "torch.cuda.is_available() is False"
+    return None
+
+
+#: Targets kept on a device for the torch NormSim∞, one per (target, content hash, device, precision) per worker.
+_DEVICE_TARGETS: dict[tuple[str, str, str, str], Any] = {}
+
+
+def _normsim_inf(
+    f: np.ndarray, handle: TargetHandle, signed: bool, block_size: int, device: str, precision: str
+) -> np.ndarray:
+    """NormSim∞ of ``f`` against the target, on the numpy or the torch kernel as :func:`kernel_device` says."""
+    dev = kernel_device(device, "normsim.device")
+    if dev is None:
+        return normsim_inf(f, target_rows(handle), signed=signed, block_size=block_size)
+    from clipsift.udfs.kernels import torch_kernels
+
+    key = (handle.name, handle.sha256, dev, precision)
+    if key not in _DEVICE_TARGETS:
+        _DEVICE_TARGETS[key] = torch_kernels.resident(target_rows(handle), dev, precision)
+    return torch_kernels.normsim_inf(
+        f, _DEVICE_TARGETS[key], signed=signed, block_size=block_size, device=dev, precision=precision
+    )
+
+
+def normsim_udf(
+    handle: TargetHandle,
+    norms: tuple[str, ...],
+    dim: int,
+    signed: bool,
+    block_size: int,
+    device: str = "auto",
+    precision: str = "fp32",
+) -> Any:
+    """UDF ``image_emb -> struct<normsim_<p> double, ...>`` for one target and the requested p ∈ {"2", "inf"}.
+
+    NormSim∞ runs where :func:`kernel_device` puts ``device`` (``normsim.device``), its matmul at ``precision``;
+    NormSim₂ (``O(d²)`` per row) always on numpy.
+    """
     fields = ", ".join(f"normsim_{p} double" for p in norms)
 
     @arrow_udf(f"struct<{fields}>")  # type: ignore[untyped-decorator]
@@ -72,7 +159,7 @@ def normsim_udf(handle: TargetHandle, norms: tuple[str, ...], dim: int, signed: 
             if p == "2":
                 cols.append(normsim2_from_moment(f, handle.moment))
             else:
-                cols.append(normsim_inf(f, target_rows(handle), signed=signed, block_size=block_size))
+                cols.append(_normsim_inf(f, handle, signed, block_size, device, precision))
         return pa.StructArray.from_arrays(
             [pa.array(c, pa.float64()) for c in cols], names=[f"normsim_{p}" for p in norms]
         )
@@ -94,6 +181,10 @@ class NegClipSettings:
     seed: int
     dim: int
     block_rows: int | None = None
+    device: str = "auto"
+    """``negclip.device``: see :func:`kernel_device`."""
+    precision: str = "fp32"
+    """``negclip.precision``: the torch path's matmul (fp32, tf32, bf16)."""
 
 
 def negclip_table(table: pa.Table, s: NegClipSettings, drop: tuple[str, ...] = ()) -> pa.Table:
@@ -109,7 +200,15 @@ def negclip_table(table: pa.Table, s: NegClipSettings, drop: tuple[str, ...] = (
     img = to_matrix(table.column("image_emb"), s.dim)[order]
     txt = to_matrix(table.column("text_emb"), s.dim)[order]
     plan = batch_plan(sorted_uids, s.rounds, s.batch_size, s.seed)
-    parts = negclip_loss(img, txt, plan, tau=s.tau, return_parts=True, block_rows=s.block_rows)
+    dev = kernel_device(s.device, "negclip.device")
+    if dev is None:
+        parts = negclip_loss(img, txt, plan, tau=s.tau, return_parts=True, block_rows=s.block_rows)
+    else:
+        from clipsift.udfs.kernels import torch_kernels
+
+        parts = torch_kernels.negclip_loss(
+            img, txt, plan, tau=s.tau, return_parts=True, block_rows=s.block_rows, device=dev, precision=s.precision
+        )
     assert isinstance(parts, dict)
     del img, txt
     kept = table.drop_columns([c for c in drop if c in table.column_names]).take(pa.array(order))

@@ -75,6 +75,14 @@ class InputConfig(TableRef):
         return None
 
 
+def check_kernel_device(key: str, device: str, precision: str) -> None:
+    """``<key>.device`` is auto, cpu, cuda or cuda:N, and ``<key>.precision`` other than fp32 has a GPU to run on."""
+    if not re.match(r"^(auto|cpu|cuda(:[0-9]+)?)$", device):
+        raise ConfigError(f"{key}.device", f"'{device}' is not one of auto, cpu, cuda, cuda:N")
+    if device == "cpu" and precision != "fp32":
+        raise ConfigError(f"{key}.precision", f"'{precision}' is for the GPU path; with {key}.device: cpu use fp32")
+
+
 @dataclass(frozen=True)
 class NegClipConfig(Section):
     """negCLIPLoss (ALGORITHMS.md §1, §6)."""
@@ -93,8 +101,15 @@ class NegClipConfig(Section):
     """pool grouping: rows per random group (default 8 × batch_size; ≥ pool size = one group)."""
     block_rows: int | None = field(default=None, metadata=NOT_SCORED)
     """Rows per similarity block in the kernel (default: blocks under 256 MiB)."""
+    device: str = field(default="auto", metadata=NOT_SCORED)  # the paths agree within 1e-5 at fp32
+    """Where the kernel runs: ``auto`` (the executor's GPU, through torch, when it has one; else numpy on its CPUs),
+    ``cpu`` (numpy), ``cuda`` / ``cuda:N`` (torch; an error on an executor without a GPU)."""
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    """The GPU path's matmul: fp32 (IEEE, within 1e-5 of numpy), or tf32 / bf16 inputs with float32 accumulation
+    (faster; scores move by about 1e-4 / 1e-3). The log-sum-exp is float32 in every case."""
 
     def validate(self, key: str) -> None:
+        check_kernel_device(key, self.device, self.precision)
         check_positive(f"{key}.rounds", self.rounds)
         check_positive(f"{key}.batch_size", self.batch_size)
         if not (self.tau > 0 and math.isfinite(self.tau)):
@@ -141,8 +156,14 @@ class NormSimConfig(Section):
     staging_dir: str | None = field(default=None, metadata=NOT_SCORED)
     """Folder every executor can read (e.g. ``/dbfs/...``, ``/Volumes/...``) for large staged targets."""
     block_size: int = field(default=8192, metadata=NOT_SCORED)
+    device: str = field(default="auto", metadata=NOT_SCORED)  # the paths agree within 1e-5 at fp32
+    """Where NormSim∞ runs, as ``negclip.device`` (a target is kept on the GPU once per worker when it fits in half
+    its free memory). NormSim₂ always runs on numpy."""
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    """NormSim∞'s matmul on the GPU, as ``negclip.precision``."""
 
     def validate(self, key: str) -> None:
+        check_kernel_device(key, self.device, self.precision)
         names = [t.name for t in self.targets]
         if len(set(names)) != len(names):
             raise ConfigError(f"{key}.targets", f"target names must be unique, got {names}")

@@ -22,8 +22,11 @@ Benchmarks (``--only`` names):
                   rows/s and the fitted growth exponent of each
   adapter_stream  clipselect's adapter-training batches streamed to the driver: Row objects against packed
                   chunks, rows/s and the driver's peak RSS
+  torch_kernels   negCLIPLoss and NormSim∞ on torch (CPU) against the numpy kernels, side by side: GFLOP/s,
+                  rows/s, and the max abs difference at fp32 (and tf32/bf16, emulated)
 
-The GPU counterpart of embed_cpu (no Spark) is ``python -m tests.benchmarks.bench_embed_gpu --out DIR``.
+The GPU counterparts (no Spark): of embed_cpu, ``python -m tests.benchmarks.bench_embed_gpu --out DIR``; of
+torch_kernels (B = 32,768; NormSim∞ against 1M rows), ``python -m tests.benchmarks.bench_kernels_torch --out DIR``.
 
 Ratios are taken between numbers of the same run; nothing here fails on a slow result.
 """
@@ -43,7 +46,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import bench_adapters, bench_dedup, bench_embed, bench_negclip, bench_normsim, bench_spark
+from . import bench_adapters, bench_dedup, bench_embed, bench_kernels_torch, bench_negclip, bench_normsim, bench_spark
 from .common import (
     FULL,
     QUICK,
@@ -61,7 +64,8 @@ SCORE_BENCHMARKS = ("negclip_kernel", "negclip_spark", "normsim_kernel", "normsi
 EMBED_BENCHMARKS = ("embed_cpu", "embed_job")
 BASELINE_BENCHMARKS = ("dedup_kernels",)
 CLIPSELECT_BENCHMARKS = ("adapter_stream",)
-BENCHMARKS = SCORE_BENCHMARKS + EMBED_BENCHMARKS + BASELINE_BENCHMARKS + CLIPSELECT_BENCHMARKS
+TORCH_BENCHMARKS = ("torch_kernels",)
+BENCHMARKS = SCORE_BENCHMARKS + EMBED_BENCHMARKS + BASELINE_BENCHMARKS + CLIPSELECT_BENCHMARKS + TORCH_BENCHMARKS
 _SPARK_BENCHMARKS = frozenset({"negclip_spark", "normsim_spark", "embed_cpu", "embed_job", "adapter_stream"})
 
 
@@ -139,6 +143,8 @@ def _measure(
         rep.extend(bench_normsim.run(sizes))
     if "dedup_kernels" in selected:
         rep.extend(bench_dedup.run(quick=sizes.name != "full"))
+    if "torch_kernels" in selected:
+        rep.extend(bench_kernels_torch.run_cpu(bench_kernels_torch.sizes_for(sizes.name)))
 
     spark_scores: dict[str, float] = {}
     if _SPARK_BENCHMARKS & set(selected):

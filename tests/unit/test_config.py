@@ -235,6 +235,12 @@ def test_required_key_missing() -> None:
         ("negclip", {"tau": float("nan")}, "negclip.tau"),
         ("negclip", {"batch_size": 64, "pool_group_rows": 63}, "negclip.pool_group_rows"),
         ("negclip", {"block_rows": 0}, "negclip.block_rows"),
+        ("negclip", {"device": "gpu"}, "negclip.device"),
+        ("negclip", {"device": "cuda:x"}, "negclip.device"),
+        ("negclip", {"precision": "fp16"}, "negclip.precision"),
+        ("negclip", {"device": "cpu", "precision": "bf16"}, "negclip.precision"),
+        ("normsim", {"device": "tpu"}, "normsim.device"),
+        ("normsim", {"device": "cpu", "precision": "tf32"}, "normsim.precision"),
         ("normsim2_dynamic", {"candidate_fraction": 0}, "normsim2_dynamic.candidate_fraction"),
         ("normsim2_dynamic", {"candidate_fraction": 1.5}, "normsim2_dynamic.candidate_fraction"),
         ("normsim2_dynamic", {"final_fraction": -0.1}, "normsim2_dynamic.final_fraction"),
@@ -742,7 +748,7 @@ NOT_SCORED_KEYS = {
     "output.table", "output.path", "output.format", "output.properties", "run_id", "spark.app_name", "spark.conf",
     "spark.local_catalog",
     "negclip.block_rows", "normsim.closure_max_mb", "normsim.staging_dir", "normsim.block_size",
-    "normsim.targets.path",
+    "normsim.targets.path", "negclip.device", "normsim.device",
 }  # fmt: skip
 
 

@@ -1,6 +1,9 @@
 """Pure numpy kernels of clipsift: every score is computed here, and only here. No pyspark.
 
 >>> from clipsift.udfs.kernels import clip_score, negclip_loss, normsim, normsim2_dynamic
+
+negCLIPLoss and NormSim∞ also have a torch twin for the GPU, :mod:`clipsift.udfs.kernels.torch_kernels`; it is
+not imported here (torch is optional), only by the UDFs when a score runs on a GPU.
 """
 
 from clipsift.udfs.kernels._checks import l2_normalize
