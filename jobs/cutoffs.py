@@ -2,14 +2,15 @@
 
 The n-th row in the order (score desc, uid asc) is found by a ``percentile_approx`` bracket around
 the right quantile, one count of the rows above and inside the bracket, and a sort of the (small)
-bracket alone. The cut-off is typed (a float and a uid), so it can be written into SQL exactly.
+bracket alone; a population small enough to be one bracket is sorted whole in one pass. The cut-off
+is typed (a float and a uid), so it can be written into SQL exactly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from clipsift.jobs.config import ConfigError
@@ -51,7 +52,14 @@ def sql_double(value: float) -> str:
 
 
 def top_n_cutoff(
-    df: DataFrame, column: str, n: int, *, ties: bool = False, accuracy: int = 10_000, max_band: int = 200_000
+    df: DataFrame,
+    column: str,
+    n: int,
+    *,
+    ties: bool = False,
+    accuracy: int = 10_000,
+    max_band: int = 200_000,
+    total: int | None = None,
 ) -> Cutoff | None:
     """Cut-off keeping the top ``n`` rows of ``df`` by ``column`` (rows where it is null never count).
 
@@ -61,7 +69,9 @@ def top_n_cutoff(
         n: rows to keep; exactly n (ties broken by ascending uid), or with ``ties`` every row scoring
             at least the n-th value (DataComp's rule).
         accuracy: ``percentile_approx`` accuracy of the first bracket.
-        max_band: largest bracket sorted at once; wider brackets are narrowed first.
+        max_band: largest bracket sorted at once; wider brackets are narrowed first. A population of at most
+            this many rows is sorted whole, in one pass (each task keeps its top n, Spark merges them).
+        total: the rows of ``df`` where ``column`` is not null, when the caller counted them already.
 
     Returns:
         None when n <= 0 (keep nothing).
@@ -69,10 +79,15 @@ def top_n_cutoff(
     if n <= 0:
         return None
     scores = df.where(F.col(column).isNotNull()).select(F.col(column).cast("double").alias("s"), "uid")
-    total = scores.count()
+    total = scores.count() if total is None else total
     if total == 0:
         return None
     n = min(n, total)
+    order = (F.col("s").desc(), F.col("uid").asc())
+    if total <= max_band:
+        last = scores.orderBy(*order).offset(n - 1).limit(1).first()
+        assert last is not None, f"top_n_cutoff: {column} has fewer than the {total} non-null rows given"
+        return Cutoff(float(last["s"]), None if ties else str(last["uid"]))
     q = 1.0 - n / total
     eps = 2.0 / accuracy
     for attempt in range(8):
@@ -93,9 +108,7 @@ def top_n_cutoff(
         found = 1 <= need <= band
         if found and (band <= max_band or attempt >= 4 or eps < 1.0 / accuracy):
             # A bracket wider than max_band here is one long tie: it is sorted all the same.
-            last = (
-                scores.where(in_band).orderBy(F.col("s").desc(), F.col("uid").asc()).offset(need - 1).limit(1).first()
-            )
+            last = scores.where(in_band).orderBy(*order).offset(need - 1).limit(1).first()
             assert last is not None
             return Cutoff(float(last["s"]), None if ties else str(last["uid"]))
         eps = eps / 4 if found else min(1.0, eps * 8)
@@ -152,3 +165,57 @@ def clipselect_criterion(pool: DataFrame, sas: str, sds: str, lam: float, key: s
     }  # fmt: skip
     sds_raw = normalised(sds, b[2], b[3])
     return ClipSelectCriterion(sas_n, sds_raw, f"({sas_term} + {sql_double(lam)} * {sds_term})", params)
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    """How :func:`with_ordinal_rank` ranks one column: value buckets and the rows below each bucket."""
+
+    column: str
+    bounds: tuple[float, ...]
+    """Ascending bucket bounds: a row's bucket is the number of bounds at or below its value, so equal values
+    share a bucket and buckets follow the order of the values."""
+    offsets: tuple[int, ...]
+    """Rows in the buckets below each bucket (one per bucket)."""
+
+
+def rank_plan(df: DataFrame, column: str, buckets: int, accuracy: int = 10_000) -> RankPlan:
+    """Two aggregates over ``df``'s rows (``column`` not null): ``percentile_approx`` bounds that split them into
+    about ``buckets`` equal buckets, then the rows per bucket."""
+    scores = df.where(F.col(column).isNotNull())
+    quantiles = [i / buckets for i in range(1, buckets)]
+    bounds: list[float] = []
+    if quantiles:
+        got = scores.agg(F.percentile_approx(column, quantiles, accuracy)).first()
+        bounds = sorted({float(b) for b in (got[0] or [])}) if got is not None else []
+    if bounds:
+        counts = {int(r[0]): int(r[1]) for r in scores.groupBy(_bucket(F.col(column), bounds)).count().collect()}
+    else:  # one bucket (a constant would be read as a GROUP BY position)
+        counts = {0: scores.count()}
+    offsets, below = [], 0
+    for b in range(len(bounds) + 1):
+        offsets.append(below)
+        below += counts.get(b, 0)
+    return RankPlan(column, tuple(bounds), tuple(offsets))
+
+
+def with_ordinal_rank(df: DataFrame, plan: RankPlan, name: str) -> DataFrame:
+    """``df``'s rows where the plan's column is not null, with ``name``: the row's exact 0-based position in
+    ascending (column, uid) order (ordinal ranks, ties broken by uid, as the authors' ``get_ranks`` over a pool in
+    uid order). No task sees more than its bucket: each bucket is ordered in its own task (a window partitioned
+    by bucket), and the bucket's offset comes from the plan."""
+    col = F.col(plan.column)
+    bucket = _bucket(col, list(plan.bounds))
+    offset = F.element_at(F.array(*(F.lit(o) for o in plan.offsets)), bucket + 1)
+    order = Window.partitionBy(bucket).orderBy(col.asc(), F.col("uid").asc())
+    return df.where(col.isNotNull()).withColumn(name, offset.cast("bigint") + F.row_number().over(order) - 1)
+
+
+def _bucket(col: Column, bounds: list[float], lo: int = 0, hi: int | None = None) -> Column:
+    """``lo`` plus the number of ``bounds[lo:hi]`` at or below ``col``: a balanced tree of comparisons (log₂ of
+    the bounds deep), so a row is bucketed in a few comparisons, not one per bound."""
+    hi = len(bounds) if hi is None else hi
+    if lo == hi:
+        return F.lit(lo)
+    mid = (lo + hi) // 2
+    return F.when(col < F.lit(bounds[mid]), _bucket(col, bounds, lo, mid)).otherwise(_bucket(col, bounds, mid + 1, hi))

@@ -12,20 +12,31 @@ so a view is plain SQL over the score table: query it, join it, or re-select wit
 from __future__ import annotations
 
 import json
+import operator
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
+from functools import reduce
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from clipsift.jobs import io
 from clipsift.jobs.config import ConfigError, SelectConfig, SelectionConfig, TableRef, to_dict
-from clipsift.jobs.cutoffs import Cutoff, clipselect_criterion, keep_condition, keep_sql, sql_double, top_n_cutoff
+from clipsift.jobs.cutoffs import (
+    Cutoff,
+    clipselect_criterion,
+    keep_condition,
+    keep_sql,
+    rank_plan,
+    sql_double,
+    top_n_cutoff,
+    with_ordinal_rank,
+)
 from clipsift.jobs.imports import import_condition, import_uids
 from clipsift.jobs.io import quote_ident, sql_string
-from clipsift.jobs.session import Progress, failpoint, job_main
+from clipsift.jobs.session import Progress, failpoint, job_main, sized_shuffle
 from clipsift.jobs.transforms import CLIPSELECT_COLUMNS
 from clipsift.udfs.schemas import STATUS
 
@@ -61,6 +72,39 @@ class _Rendered:
     cutoffs: dict[str, object]
     derived: tuple[str, str] | None = None
     prefilter: str | None = None
+    rows: int | None = None
+    """The view's size when the rule fixes it (an exact top n), so it need not be counted again."""
+
+
+@dataclass(frozen=True)
+class _Population:
+    """The rows a rule selects from, with the counts of one pass over them: all rows, non-null rows per column."""
+
+    df: DataFrame
+    rows: int
+    non_null: dict[tuple[str, ...], int]
+    """Rows where every column of the key is not null (a one-column key for a single score)."""
+
+
+def _population(df: DataFrame, selections: Sequence[SelectionConfig]) -> _Population:
+    """Count ``df``'s rows, and the rows each rule ranks (its columns not null), in one aggregate."""
+    keys = sorted({key for sel in selections for key in _ranked_columns(sel)})
+    every = [F.count(F.when(reduce(operator.and_, (F.col(c).isNotNull() for c in key)), 1)) for key in keys]
+    counts = df.agg(F.count(F.lit(1)), *every).first()
+    assert counts is not None
+    return _Population(df, int(counts[0]), {key: int(counts[i + 1]) for i, key in enumerate(keys)})
+
+
+def _ranked_columns(sel: SelectionConfig) -> list[tuple[str, ...]]:
+    """The pool columns whose non-null rows a rule ranks: one key per cut-off it computes over the population."""
+    r = _resolved(sel)
+    if r.rule in ("top_fraction", "sequential") and r.column is not None:
+        return [(r.column,)]
+    if r.rule == "sum_of_ranks":
+        return [tuple(r.columns)]
+    if r.rule == "clipselect":
+        return [(joined_column((sel.columns or CLIPSELECT_COLUMNS)[0]),)]
+    return []
 
 
 def run(spark: SparkSession, cfg: SelectConfig) -> list[SelectionResult]:
@@ -68,13 +112,20 @@ def run(spark: SparkSession, cfg: SelectConfig) -> list[SelectionResult]:
     runs = score_runs(spark, cfg)
     for where in (cfg.view_schema, *(s.materialize for s in cfg.selections)):
         io.ensure_schema(spark, where)
+    input_bytes = sum(io.table_bytes(spark, t) for t in {r.scores.label: r.scores for r in runs}.values())
+    with sized_shuffle(spark, input_bytes):
+        return _run(spark, cfg, runs)
+
+
+def _run(spark: SparkSession, cfg: SelectConfig, runs: list[ScoreRun]) -> list[SelectionResult]:
     pool_sql = _pool_sql(spark, runs)
     pool = spark.sql(pool_sql)
-    pool_rows = pool.count()
+    _check_columns(cfg, pool)
+    whole = _population(pool, [s for s in cfg.selections if s.within is None])
+    pool_rows = whole.rows
     if pool_rows == 0:
         which = " and ".join(f"'{r.run_id}' of {r.scores.label}" for r in runs)
         raise ConfigError("run_id", f"no row has status 'ok' in run {which}; check run_id (and join)")
-    _check_columns(cfg, pool)
     columns = ", ".join(quote_ident(c) for c in pool.columns)
     common: dict[str, object] = {}
     if cfg.join:
@@ -86,26 +137,31 @@ def run(spark: SparkSession, cfg: SelectConfig) -> list[SelectionResult]:
     progress = Progress(spark, "clipsift select")
     for i, sel in enumerate(cfg.selections):
         with progress.step(f"view {sel.name} ({sel.rule})") as step:
-            population, n, within = pool, pool_rows, None
+            population, within = whole, None
             if sel.within is not None:
                 within = f"`uid` IN (SELECT `uid` FROM {views[sel.within]})"
-                population = pool.join(spark.table(views[sel.within]).select("uid"), "uid", "left_semi")
-                n = population.count()
+                members = pool.join(spark.table(views[sel.within]).select("uid"), "uid", "left_semi")
+                population = _population(members, [sel])
+            view = _view_name(cfg, sel.name)
             if sel.rule == "import":
                 assert sel.source is not None
                 imports = io.sibling(cfg.scores, "imports")
                 got = import_uids(spark, sel.source, imports, pool, pool_rows, f"selections[{i}].source")
                 rendered = _Rendered(import_condition(imports, got.import_id), got.record())
+            elif sel.rule == "sum_of_ranks":
+                ranks = io.sibling(cfg.scores, "ranks")
+                label = f"{cfg.view_schema}.{cfg.view_prefix}{sel.name}" if cfg.view_schema else view.strip("`")
+                rendered = _sum_of_ranks(_resolved(sel), population, ranks, runs[0].run_id, label)
             else:
-                rendered = _render(_resolved(sel), population, n, views)
-            view = _view_name(cfg, sel.name)
+                rendered = _render(_resolved(sel), population, views)
             sql = _view_sql(columns, pool_sql, within, rendered)
             spark.sql(f"CREATE OR REPLACE VIEW {view} AS {sql}")
             failpoint("select:view-created")
             views[sel.name] = view
-            rows = spark.table(view).count()
+            rows = spark.table(view).count() if rendered.rows is None else rendered.rows
             step["rows"] = rows
-            cutoffs = {**rendered.cutoffs, **({"within": sel.within, "population": n} if within else {}), **common}
+            scope = {"within": sel.within, "population": population.rows} if within else {}
+            cutoffs = {**rendered.cutoffs, **scope, **common}
             results.append(SelectionResult(sel.name, view, sel.rule, rows, pool_rows, cutoffs, sql))
             if sel.materialize is not None:
                 io.overwrite_table(
@@ -238,8 +294,9 @@ def _view_sql(columns: str, pool_sql: str, within: str | None, r: _Rendered) -> 
     return f"SELECT {columns} FROM ({derived}) AS `d` WHERE {r.condition}"
 
 
-def _render(sel: SelectionConfig, pool: DataFrame, n: int, views: dict[str, str]) -> _Rendered:
-    """One rule over its population ``pool`` of ``n`` rows (every rule but ``import``)."""
+def _render(sel: SelectionConfig, population: _Population, views: dict[str, str]) -> _Rendered:
+    """One rule over its population (every rule but ``import``)."""
+    pool, n = population.df, population.rows
     if sel.rule == "threshold":
         assert sel.column is not None
         col = quote_ident(sel.column)
@@ -255,15 +312,16 @@ def _render(sel: SelectionConfig, pool: DataFrame, n: int, views: dict[str, str]
     if sel.rule == "top_fraction":
         assert sel.column is not None and sel.fraction is not None
         keep = int(n * sel.fraction)
+        total = population.non_null[(sel.column,)]
         if sel.counting == "datacomp":
-            cut = top_n_cutoff(pool, sel.column, keep + 1, ties=True)
-        else:
-            cut = top_n_cutoff(pool, sel.column, keep)
-        return _Rendered(keep_sql(sel.column, cut), {sel.column: _cut(cut), "n": keep})
+            cut = top_n_cutoff(pool, sel.column, keep + 1, ties=True, total=total)
+            return _Rendered(keep_sql(sel.column, cut), {sel.column: _cut(cut), "n": keep})
+        cut = top_n_cutoff(pool, sel.column, keep, total=total)
+        return _Rendered(keep_sql(sel.column, cut), {sel.column: _cut(cut), "n": keep}, rows=min(keep, total))
     if sel.rule == "sequential":
         assert sel.column and sel.then_column and sel.fraction is not None and sel.then_fraction is not None
         n1, n2 = int(n * sel.fraction), int(n * sel.then_fraction)
-        cut1 = top_n_cutoff(pool, sel.column, n1)
+        cut1 = top_n_cutoff(pool, sel.column, n1, total=population.non_null[(sel.column,)])
         cond = keep_sql(sel.column, cut1)
         cutoffs: dict[str, object] = {sel.column: _cut(cut1), "n1": n1}
         if n2 != n1:
@@ -271,14 +329,6 @@ def _render(sel: SelectionConfig, pool: DataFrame, n: int, views: dict[str, str]
             cond = f"{cond} AND {keep_sql(sel.then_column, cut2)}"
             cutoffs.update({sel.then_column: _cut(cut2), "n2": n2})
         return _Rendered(cond, cutoffs)
-    if sel.rule == "sum_of_ranks":
-        assert sel.fraction is not None
-        expr = " + ".join(f"(RANK() OVER (ORDER BY {quote_ident(c)} ASC) - 1) / {n}D" for c in sel.columns)
-        not_null = " AND ".join(f"{quote_ident(c)} IS NOT NULL" for c in sel.columns)
-        ranked = pool.where(not_null).withColumn("_rank_sum", F.expr(expr))
-        keep = int(n * sel.fraction)
-        cut = top_n_cutoff(ranked, "_rank_sum", keep)
-        return _Rendered(keep_sql("_rank_sum", cut), {"rank_sum": _cut(cut), "n": keep}, ("_rank_sum", expr), not_null)
     if sel.rule == "clipselect":
         assert sel.fraction is not None
         sas, sds = sel.columns or CLIPSELECT_COLUMNS
@@ -286,13 +336,37 @@ def _render(sel: SelectionConfig, pool: DataFrame, n: int, views: dict[str, str]
         expr, params = criterion.score, criterion.params
         has_sas = f"{quote_ident(sas)} IS NOT NULL"
         scored = pool.where(has_sas).withColumn("_criterion", F.expr(expr))
-        keep = int(n * sel.fraction)
-        cut = top_n_cutoff(scored, "_criterion", keep)
+        keep, total = int(n * sel.fraction), population.non_null[(sas,)]
+        cut = top_n_cutoff(scored, "_criterion", keep, total=total)
         cutoffs = {**params, "criterion": _cut(cut), "n": keep}
-        return _Rendered(keep_sql("_criterion", cut), cutoffs, ("_criterion", expr), has_sas)
+        return _Rendered(keep_sql("_criterion", cut), cutoffs, ("_criterion", expr), has_sas, min(keep, total))
     members = [f"`uid` IN (SELECT `uid` FROM {views[name]})" for name in sel.of]
     joiner = " AND " if sel.rule == "intersect" else " OR "
     return _Rendered(joiner.join(members), {"of": list(sel.of)})
+
+
+def _sum_of_ranks(sel: SelectionConfig, population: _Population, ranks: TableRef, run_id: str, view: str) -> _Rendered:
+    """The top ``fraction`` by the sum of the columns' exact ascending ordinal ranks (0 = smallest; ties by uid)
+    over the population's rows with every column set. The rank sums are computed distributed
+    (:func:`clipsift.jobs.cutoffs.with_ordinal_rank`) and kept in ``ranks`` (``<scores>_ranks``: run_id, view,
+    uid, rank_sum), which the view reads: a query of the view ranks nothing again. The rank ratio of the paper is
+    rank / N, the same N for every column, so the sum of ranks orders rows as the sum of ratios does."""
+    assert sel.fraction is not None
+    spark = population.df.sparkSession
+    rows = population.df.where(reduce(operator.and_, (F.col(c).isNotNull() for c in sel.columns)))
+    buckets = int(str(spark.conf.get("spark.sql.shuffle.partitions")))
+    plans = [rank_plan(rows, c, buckets) for c in sel.columns]
+    ranked = rows.select("uid", *sel.columns)
+    for i, plan in enumerate(plans):
+        ranked = with_ordinal_rank(ranked, plan, f"_rank{i}")
+    rank_sum = reduce(operator.add, (F.col(f"_rank{i}") for i in range(len(plans))))
+    where = f"`run_id` = {sql_string(run_id)} AND `view` = {sql_string(view)}"
+    out = ranked.select(F.lit(run_id).alias("run_id"), F.lit(view).alias("view"), "uid", rank_sum.alias("rank_sum"))
+    io.replace_where(out, ranks, where, partition_by="run_id")
+    keep, total = int(population.rows * sel.fraction), population.non_null[tuple(sel.columns)]
+    cut = top_n_cutoff(io.read_table_ref(spark, ranks).where(where), "rank_sum", keep, total=total)
+    condition = f"`uid` IN (SELECT `uid` FROM {io.sql_table(ranks)} WHERE {where} AND {keep_sql('rank_sum', cut)})"
+    return _Rendered(condition, {"rank_sum": _cut(cut), "n": keep, "ranks": ranks.label}, rows=min(keep, total))
 
 
 def _cut(cut: Cutoff | None) -> dict[str, object] | None:

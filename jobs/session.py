@@ -33,6 +33,17 @@ LOCAL_MASTER = "local[*, 4]"
 #: Folder (or glob) of the Delta jars; set by `make setup`. Without it the jars come from spark.jars.packages.
 JARS_ENV = "CLIPSIFT_JARS"
 
+#: Tasks Delta uses to read a table's log in a session built here (Delta's default, 50, makes every query on a
+#: small table launch 50 tasks). A cluster's or the caller's own setting wins.
+LOCAL_SNAPSHOT_PARTITIONS = max(2, os.cpu_count() or 2)
+
+#: Spark's default shuffle partitions: a session still at this value has not chosen, and a job sizes it to its input.
+SPARK_DEFAULT_SHUFFLE_PARTITIONS = "200"
+
+#: Input bytes per shuffle partition when a job sizes them (Spark's advisory partition size), and the fewest.
+SHUFFLE_PARTITION_BYTES = 128 * 1024 * 1024
+MIN_SHUFFLE_PARTITIONS = 8
+
 DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
@@ -70,6 +81,8 @@ def get_spark(
         # then never retried locally. On a cluster, spark.task.maxFailures (4) does this.
         settings.setdefault("spark.master", LOCAL_MASTER)
     local = str(settings.get("spark.master", "local")).startswith("local")
+    if local and not submitted:
+        settings.setdefault("spark.databricks.delta.snapshotPartitions", str(LOCAL_SNAPSHOT_PARTITIONS))
     if local_catalog and local and not submitted and "spark.sql.catalogImplementation" not in settings:
         settings.update(local_catalog_conf(local_catalog, settings.get("spark.driver.extraJavaOptions")))
     builder = SparkSession.builder.appName(app_name)
@@ -159,6 +172,25 @@ def session_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[N
                 spark.conf.unset(key)
             else:
                 spark.conf.set(key, old)
+
+
+def shuffle_partitions(input_bytes: int) -> int:
+    """Shuffle partitions for a job reading ``input_bytes``: one per :data:`SHUFFLE_PARTITION_BYTES`, at least
+    :data:`MIN_SHUFFLE_PARTITIONS` (a 1 MB table gets 8 tasks per shuffle, not 200; a 1 TB one gets 8,192)."""
+    return max(MIN_SHUFFLE_PARTITIONS, -(-max(0, input_bytes) // SHUFFLE_PARTITION_BYTES))
+
+
+@contextmanager
+def sized_shuffle(spark: SparkSession, input_bytes: int) -> Iterator[int]:
+    """Run the block with shuffle partitions sized to the job's input (:func:`shuffle_partitions`), unless the
+    session chose its own (any value but Spark's default); yields the partitions in force."""
+    current = spark.conf.get("spark.sql.shuffle.partitions")
+    if current != SPARK_DEFAULT_SHUFFLE_PARTITIONS:
+        yield int(str(current))
+        return
+    n = shuffle_partitions(input_bytes)
+    with session_conf(spark, {"spark.sql.shuffle.partitions": str(n)}):
+        yield n
 
 
 class Progress:

@@ -30,6 +30,7 @@ from clipsift.jobs.io.tables import (
     record_run,
     replace_partition,
     replace_where,
+    table_bytes,
     table_exists,
 )
 from clipsift.jobs.io.targets import Target, file_sha256, load_target, ship_matrix
@@ -65,6 +66,7 @@ __all__ = [
     "sql_string",
     "sql_table",
     "subset_uids",
+    "table_bytes",
     "table_exists",
     "uid_pairs",
     "write_subset_npy",

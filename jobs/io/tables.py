@@ -33,6 +33,13 @@ def table_exists(spark: SparkSession, ref: TableRef) -> bool:
     return bool(fs.get_file_info(local).type == pafs.FileType.Directory)
 
 
+def table_bytes(spark: SparkSession, ref: TableRef) -> int:
+    """Bytes of the table's current files (Delta's ``DESCRIBE DETAIL``: metadata only, no data read); 0 when the
+    table's format does not say."""
+    row = spark.sql(f"DESCRIBE DETAIL {sql_table(ref)}").select("sizeInBytes").first()
+    return int(row[0] or 0) if row is not None else 0
+
+
 #: Delta's optimistic-concurrency conflicts (and a table created by a concurrent writer between our check and
 #: our create): the commit lost a race, the data is fine; the write is tried again on the new snapshot.
 CONFLICTS = (

@@ -210,10 +210,10 @@ def test_within_takes_fractions_of_the_selection(
     # DataComp counting within: score >= the (int(n·f)+1)-th value of the population.
     theta = dfn["b32__clip_score"].sort_values(ascending=False).iloc[int(len(dfn) * 0.5)]
     assert _view(spark, res["cs_in_dfn"].view) == set(dfn.loc[dfn["b32__clip_score"] >= theta, "uid"])
-    # Sum of rank ratios over the population: ranks (ties share the lowest rank) and n are the population's.
-    hype = joined[joined["uid"].isin(imports["hype"])].copy()
+    # Sum of ranks over the population: ascending ordinal ranks (equal values ordered by uid), n the population's.
+    hype = joined[joined["uid"].isin(imports["hype"])].sort_values("uid", kind="mergesort")
     n = len(hype)
-    hype["rs"] = sum((hype[c].rank(method="min") - 1) / n for c in (ncl, ns_b32))
+    hype["rs"] = sum(hype[c].rank(method="first").astype("int64") - 1 for c in (ncl, ns_b32))
     assert _view(spark, res["ranks_in_hype"].view) == set(_top(hype, "rs", int(n * 0.3))["uid"])
     other = joined[joined["uid"].isin(imports["other"])]
     assert _view(spark, res["thr_in_other"].view) == set(other.loc[other["clip_score"] >= 0.3, "uid"])

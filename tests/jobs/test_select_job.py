@@ -101,15 +101,22 @@ def test_sequential(spark: SparkSession, selected: dict[str, Any]) -> None:
 def test_sum_of_ranks(spark: SparkSession, selected: dict[str, Any]) -> None:
     frame = selected["frame"].copy()
     n = len(frame)
-    # Rank ratio r(x) = (ascending rank from 0, ties sharing the lowest) / N over the whole pool; keep the
-    # top int(N·f) of r(a) + r(b), ties by uid. The sum is compared as exact integers (N·r).
-    ranks = [frame[c].rank(method="min", ascending=True).to_numpy() - 1 for c in ("negclip_loss", "normsim_inf_tgt")]
+    # Rank ratio r(x) = (ascending ordinal rank from 0, equal values ordered by uid) / N over the whole pool; keep
+    # the top int(N·f) of r(a) + r(b), ties by uid. The sum is compared as exact integers (N·r).
+    frame = frame.sort_values("uid", kind="mergesort")
+    ranks = [frame[c].rank(method="first", ascending=True).to_numpy() - 1 for c in ("negclip_loss", "normsim_inf_tgt")]
     frame["rank_sum"] = (ranks[0] + ranks[1]).astype(np.int64)
     assert frame["rank_sum"].duplicated().any()  # ties in the sum exist, so the uid rule matters
     expected = set(_top(frame, "rank_sum", int(n * 0.2))["uid"])
     got = _view(spark, PREFIX + "sor")
     assert len(got) == 160
     assert got == expected
+    # The rank sums are kept beside the scores, one row per ranked row, and equal the ones computed here.
+    ranks_path = selected["data"]["scores"]["path"] + "_ranks"
+    kept = spark.read.format("delta").load(ranks_path).where(f"view = '{PREFIX}sor'").toPandas()
+    assert len(kept) == n
+    stored = dict(zip(kept["uid"], kept["rank_sum"], strict=True))
+    assert stored == dict(zip(frame["uid"], frame["rank_sum"], strict=True))
 
 
 def test_sum_of_ranks_with_a_nullable_column(spark: SparkSession, selected: dict[str, Any]) -> None:

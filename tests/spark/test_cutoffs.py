@@ -7,7 +7,15 @@ import pandas as pd
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
-from clipsift.jobs.cutoffs import Cutoff, keep_condition, keep_sql, sql_double, top_n_cutoff
+from clipsift.jobs.cutoffs import (
+    Cutoff,
+    keep_condition,
+    keep_sql,
+    rank_plan,
+    sql_double,
+    top_n_cutoff,
+    with_ordinal_rank,
+)
 
 N_ROWS = 300
 
@@ -37,12 +45,17 @@ def _kept(df: DataFrame, cut: Cutoff | None) -> set[str]:
     return {r["uid"] for r in df.where(keep_condition("score", cut)).select("uid").collect()}
 
 
+#: Both ways to the cut-off: the population sorted whole (it fits in one bracket), and the percentile bracket.
+PATHS = {"whole": 200_000, "bracket": 40}
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("n", [1, 2, 37, 150, 287, 288, 1000])
-def test_exactly_n_rows_with_ties(scores: tuple[DataFrame, pd.DataFrame], n: int) -> None:
+def test_exactly_n_rows_with_ties(scores: tuple[DataFrame, pd.DataFrame], n: int, path: str) -> None:
     df, pdf = scores
     non_null = int(pdf["score"].notna().sum())
     assert non_null == 288
-    cut = top_n_cutoff(df, "score", n)
+    cut = top_n_cutoff(df, "score", n, max_band=PATHS[path])
     assert cut is not None and cut.uid is not None
     kept = _kept(df, cut)
     assert len(kept) == min(n, non_null)
@@ -64,11 +77,12 @@ def test_n_equal_to_total_keeps_every_scored_row(scores: tuple[DataFrame, pd.Dat
         assert _kept(df, top_n_cutoff(df, "score", n)) == set(pdf.loc[pdf["score"].notna(), "uid"])
 
 
-def test_ties_keeps_every_row_at_the_nth_value(scores: tuple[DataFrame, pd.DataFrame]) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_ties_keeps_every_row_at_the_nth_value(scores: tuple[DataFrame, pd.DataFrame], path: str) -> None:
     df, pdf = scores
     scored = pdf.dropna(subset=["score"]).astype({"score": float})
     for n in (1, 37, 150):
-        cut = top_n_cutoff(df, "score", n, ties=True)
+        cut = top_n_cutoff(df, "score", n, ties=True, max_band=PATHS[path])
         assert cut is not None and cut.uid is None
         nth = scored["score"].sort_values(ascending=False).iloc[n - 1]
         assert cut.value == nth
@@ -89,12 +103,21 @@ def test_one_ulp_apart_values_are_not_merged(spark: SparkSession, scores: tuple[
     assert via_sql == above
 
 
-def test_everything_tied(spark: SparkSession) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_everything_tied(spark: SparkSession, path: str) -> None:
     df = spark.createDataFrame([(f"u{i:03d}", 0.5) for i in range(60)], "uid string, score double")
-    cut = top_n_cutoff(df, "score", 17)
+    cut = top_n_cutoff(df, "score", 17, max_band=PATHS[path])
     assert cut == Cutoff(0.5, "u016")
     assert _kept(df, cut) == {f"u{i:03d}" for i in range(17)}
-    assert len(_kept(df, top_n_cutoff(df, "score", 17, ties=True))) == 60
+    assert len(_kept(df, top_n_cutoff(df, "score", 17, ties=True, max_band=PATHS[path]))) == 60
+
+
+def test_total_given_by_the_caller_skips_the_count(scores: tuple[DataFrame, pd.DataFrame]) -> None:
+    df, pdf = scores
+    non_null = int(pdf["score"].notna().sum())
+    for path in PATHS:
+        cut = top_n_cutoff(df, "score", 37, max_band=PATHS[path], total=non_null)
+        assert _kept(df, cut) == _expected(pdf, 37)
 
 
 def test_all_null_column(spark: SparkSession) -> None:
@@ -135,3 +158,22 @@ def test_sql_text_is_typed() -> None:
     assert keep_sql("s", Cutoff(2.0, "it's")) == (
         "(`s` > CAST('2.0' AS DOUBLE) OR (`s` = CAST('2.0' AS DOUBLE) AND `uid` <= 'it\\'s'))"
     )
+
+
+@pytest.mark.parametrize("buckets", [1, 4, 64])
+def test_ordinal_ranks_are_exact_in_any_number_of_buckets(spark: SparkSession, buckets: int) -> None:
+    """Ranks from buckets equal the positions in one global (value, uid) order, ties and nulls included."""
+    rng = np.random.default_rng(3)
+    n = 500
+    values = rng.integers(0, 40, n).astype(float)  # many ties, so uid decides inside a value
+    values[rng.choice(n, 25, replace=False)] = np.nan
+    uids = [f"{u:06x}" for u in rng.permutation(1 << 20)[:n]]
+    rows = [(u, None if np.isnan(v) else float(v)) for u, v in zip(uids, values, strict=True)]
+    df = spark.createDataFrame(rows, "uid string, score double")
+    plan = rank_plan(df, "score", buckets)
+    assert len(plan.offsets) == len(plan.bounds) + 1
+    if buckets > 1:
+        assert len(plan.bounds) > 1  # really split: no task orders all rows
+    got = {r["uid"]: r["r"] for r in with_ordinal_rank(df, plan, "r").select("uid", "r").collect()}
+    pdf = pd.DataFrame({"uid": uids, "score": values}).dropna().sort_values(["score", "uid"], kind="mergesort")
+    assert got == dict(zip(pdf["uid"], range(len(pdf)), strict=True))
