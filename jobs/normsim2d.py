@@ -1,9 +1,10 @@
 """NormSim₂-D (VAS-D) on Spark: the iterative, target-free selection of ALGORITHMS.md §2.3.
 
 Each iteration is a few Spark passes over the candidate rows: score fᵀ S f with S in the UDF
-closure, find the exact cut-off keeping ``n − chunk`` rows (ties by uid), and recompute S from the
-kept rows (per-partition partial moments summed on the driver: partitions × d² numbers, never the
-pool). The state is checkpointed every iteration so the plan does not grow.
+closure (once: the scores are checkpointed), find the exact cut-off keeping ``n − chunk`` rows (ties
+by uid) over the checkpointed scores, and recompute S from the kept rows (per-partition partial
+moments summed on the driver: partitions × d² numbers, never the pool). The state is checkpointed
+every iteration so the plan does not grow.
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ def normsim2_dynamic_survival(ok: DataFrame, *, cfg: NormSim2DConfig, dim: int, 
         keep = n_final if t == cfg.iterations - 1 else max(n_final, n_cur - chunk)
         handle = TargetHandle("pool", "", 0, moment)
         quad = normsim_udf(handle, ("2",), dim, False, 1)("image_emb").getField("normsim_2")
-        scored = state.withColumn("_q", F.when(F.col("alive"), quad))
-        cut = top_n_cutoff(scored.where(F.col("alive")), "_q", keep)
+        # Scored once (the UDF's one pass over the embeddings), then cut on the kept column: n_cur rows are alive.
+        scored = state.withColumn("_q", F.when(F.col("alive"), quad)).localCheckpoint()
+        cut = top_n_cutoff(scored.where(F.col("alive")), "_q", keep, total=n_cur)
         alive = F.col("alive") & F.coalesce(keep_condition("_q", cut), F.lit(False))
         state = (
             scored.withColumn("alive", alive)
