@@ -14,9 +14,9 @@ export HF_HUB_OFFLINE := 1
 .PHONY: setup test-data demo test bench lint dist clean
 
 # Debian packages of real test data: tuxpaint stamps with captions, scikit-image's photos, Fashion-MNIST,
-# WordNet 3.0 (the text-based filter).
-TEST_DATA_PACKAGES := tuxpaint-stamps-default python3-skimage dataset-fashion-mnist wordnet-base
-TEST_DATA_MARKERS := /usr/share/tuxpaint/stamps /usr/lib/python3/dist-packages/skimage/data /usr/share/datasets/fashion-mnist /usr/share/wordnet
+# WordNet 3.0 (the text-based filter); and headless Chromium with its driver, which open clipsift report's pages.
+TEST_DATA_PACKAGES := tuxpaint-stamps-default python3-skimage dataset-fashion-mnist wordnet-base chromium chromium-driver
+TEST_DATA_MARKERS := /usr/share/tuxpaint/stamps /usr/lib/python3/dist-packages/skimage/data /usr/share/datasets/fashion-mnist /usr/share/wordnet /usr/bin/chromium /usr/bin/chromedriver
 
 setup: $(VENV)/.installed $(JARS)/.fetched test-data
 
@@ -35,7 +35,7 @@ $(JARS)/.fetched:
 
 # Installs the packages when a marker folder is missing (needs root or sudo; apt-get only).
 test-data:
-	@missing=0; for d in $(TEST_DATA_MARKERS); do test -d $$d || missing=1; done; \
+	@missing=0; for d in $(TEST_DATA_MARKERS); do test -e $$d || missing=1; done; \
 	if [ $$missing = 1 ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get install -y -q --no-install-recommends $(TEST_DATA_PACKAGES) >/dev/null \
@@ -47,7 +47,7 @@ demo: setup
 	$(PYTHON) -m clipsift demo --out demo-output
 
 test: setup
-	$(PYTHON) -m pytest tests -p no:cacheprovider -q
+	$(PYTHON) -m pytest tests -p no:cacheprovider -q --durations=25
 
 bench: setup
 	$(PYTHON) -m tests.benchmarks.run --out bench-output

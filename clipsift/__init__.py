@@ -8,8 +8,9 @@ The public API, for notebooks and other programs (the ``clipsift`` command runs 
     result = clipsift.score(spark, cfg)             # reads the pool, writes the score table
     scored = clipsift.score_frame(pool_df, cfg)     # the same score columns on a DataFrame in hand, no writes
 
-``embed``, ``score``, ``select`` and ``clipselect`` take ``(spark, cfg)``; each config validates when it
-is built, however it is built, and a bad value raises :class:`ConfigError` naming the key.
+``embed``, ``score``, ``select``, ``clipselect``, ``reshard``, ``report`` and ``evaluate`` take ``(spark, cfg)``;
+each config validates when it is built, however it is built, and a bad value raises :class:`ConfigError`
+naming the key.
 
 Packages: :mod:`clipsift.udfs.kernels` (numpy, no Spark: the formulas), :mod:`clipsift.udfs` (pandas-UDF
 wrappers, executor-side readers), :mod:`clipsift.jobs` (config, I/O and the jobs). Names here are imported
@@ -30,22 +31,34 @@ _EXPORTS = {
     "score_frame": ("clipsift.jobs.score", "score_frame"),
     "select": ("clipsift.jobs.select", "run"),
     "clipselect": ("clipsift.jobs.clipselect", "run"),
+    "reshard": ("clipsift.jobs.reshard", "run"),
+    "report": ("clipsift.jobs.report", "run"),
+    "evaluate": ("clipsift.jobs.eval", "run"),
     "ConfigError": ("clipsift.jobs.config", "ConfigError"),
     "EmbedConfig": ("clipsift.jobs.config", "EmbedConfig"),
     "ScoreConfig": ("clipsift.jobs.config", "ScoreConfig"),
     "SelectConfig": ("clipsift.jobs.config", "SelectConfig"),
     "ClipSelectConfig": ("clipsift.jobs.config", "ClipSelectConfig"),
+    "ReshardConfig": ("clipsift.jobs.config", "ReshardConfig"),
+    "ReportConfig": ("clipsift.jobs.config", "ReportConfig"),
+    "EvalConfig": ("clipsift.jobs.config", "EvalConfig"),
 }
 
 __all__ = [
     "ClipSelectConfig",
     "ConfigError",
     "EmbedConfig",
+    "EvalConfig",
+    "ReportConfig",
+    "ReshardConfig",
     "ScoreConfig",
     "SelectConfig",
     "__version__",
     "clipselect",
     "embed",
+    "evaluate",
+    "report",
+    "reshard",
     "score",
     "score_frame",
     "select",
@@ -53,8 +66,20 @@ __all__ = [
 
 if TYPE_CHECKING:
     from clipsift.jobs.clipselect import run as clipselect
-    from clipsift.jobs.config import ClipSelectConfig, ConfigError, EmbedConfig, ScoreConfig, SelectConfig
+    from clipsift.jobs.config import (
+        ClipSelectConfig,
+        ConfigError,
+        EmbedConfig,
+        EvalConfig,
+        ReportConfig,
+        ReshardConfig,
+        ScoreConfig,
+        SelectConfig,
+    )
     from clipsift.jobs.embed import run as embed
+    from clipsift.jobs.eval import run as evaluate
+    from clipsift.jobs.report import run as report
+    from clipsift.jobs.reshard import run as reshard
     from clipsift.jobs.score import run as score
     from clipsift.jobs.score import score_frame
     from clipsift.jobs.select import run as select

@@ -16,6 +16,9 @@ commands:
   score    score a pool into a Delta table      (clipsift score --config score.yaml [--set k=v ...])
   clipselect  CLIP-powered selection scores    (clipsift clipselect --config clipselect.yaml [--set k=v ...])
   select   selections over scores as SQL views  (clipsift select --config select.yaml [--set k=v ...] [--recreate])
+  report   an HTML report of a run and its views (clipsift report --config report.yaml [--set k=v ...])
+  reshard  a selection's samples into new shards (clipsift reshard --config reshard.yaml [--set k=v ...])
+  eval     train a student CLIP per selection     (clipsift eval --config eval.yaml [--set k=v ...])
   sql      run SQL over the jobs' catalog        (clipsift sql "SELECT ..." | --file FILE [--catalog DIR])
   synth    write a synthetic DataComp-style pool (clipsift synth --out DIR)
   demo     synth + score + select + a summary    (clipsift demo --out DIR)
@@ -29,6 +32,9 @@ COMMANDS = {
     "score": "clipsift.jobs.score",
     "clipselect": "clipsift.jobs.clipselect",
     "select": "clipsift.jobs.select",
+    "report": "clipsift.jobs.report",
+    "reshard": "clipsift.jobs.reshard",
+    "eval": "clipsift.jobs.eval",
     "sql": "clipsift.jobs.query",
     "synth": "clipsift.jobs.demo.synth",
     "demo": "clipsift.jobs.demo.job",

@@ -21,6 +21,16 @@ from clipsift.jobs.config.base import (
 )
 from clipsift.jobs.config.clipselect import AdapterTrainingConfig, ClipSelectConfig, ClipSelectInputConfig
 from clipsift.jobs.config.embed import EmbedConfig, EmbedInputConfig, EmbedOptions, ModelConfig
+from clipsift.jobs.config.eval import (
+    EvalConfig,
+    EvalSelection,
+    EvalTrainConfig,
+    RetrievalConfig,
+    StudentConfig,
+    ZeroShotConfig,
+)
+from clipsift.jobs.config.report import ImagesConfig, ReportConfig, SamplesConfig
+from clipsift.jobs.config.reshard import EncodeConfig, ReshardConfig, ReshardOutputConfig, SelectionRef
 from clipsift.jobs.config.score import (
     KMEANS_PARALLEL_MAX_K,
     BaselinesConfig,
@@ -47,6 +57,11 @@ __all__ = [
     "EmbedConfig",
     "EmbedInputConfig",
     "EmbedOptions",
+    "EncodeConfig",
+    "EvalConfig",
+    "EvalSelection",
+    "EvalTrainConfig",
+    "ImagesConfig",
     "ImportSource",
     "InputConfig",
     "JobConfig",
@@ -57,14 +72,22 @@ __all__ = [
     "NormSim2DConfig",
     "NormSimConfig",
     "OutputRef",
+    "ReportConfig",
+    "ReshardConfig",
+    "ReshardOutputConfig",
+    "RetrievalConfig",
+    "SamplesConfig",
     "ScoreClipSelectConfig",
     "ScoreConfig",
     "Section",
     "SelectConfig",
     "SelectionConfig",
+    "SelectionRef",
     "SparkSettings",
+    "StudentConfig",
     "TableRef",
     "TargetConfig",
+    "ZeroShotConfig",
     "from_argv",
     "from_dict",
     "load",

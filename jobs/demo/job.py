@@ -1,8 +1,9 @@
 """``clipsift demo``: a synthetic DataComp-style pool, scored and selected, with a short summary.
 
 Reads:  nothing (the pool is generated).
-Writes: ``<out>/pool/`` (shards + target), ``<out>/score.yaml``, ``<out>/select.yaml``, the score
-        table ``<out>/scores`` with its runs and selections tables, and ``<out>/ncl30_ns20.npy``.
+Writes: ``<out>/pool/`` (shards + target), ``<out>/score.yaml``, ``<out>/select.yaml``, ``<out>/report.yaml``,
+        the score table ``<out>/scores`` with its runs and selections tables, ``<out>/ncl30_ns20.npy``, and the
+        run's report ``<out>/report.html`` (``clipsift report``: open it in a browser).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import yaml
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from clipsift.jobs import score, select
-from clipsift.jobs.config import ScoreConfig, SelectConfig, load
+from clipsift.jobs import report, score, select
+from clipsift.jobs.config import ReportConfig, ScoreConfig, SelectConfig, load
 from clipsift.jobs.demo.synth import SynthSpec, generate_pool, generate_target
 from clipsift.jobs.session import JARS_ENV, get_spark
 
@@ -63,6 +64,19 @@ def write_configs(out: Path, *, batch_size: int, rounds: int) -> tuple[Path, Pat
     score_path.write_text(yaml.safe_dump(score_cfg, sort_keys=False))
     select_path.write_text(yaml.safe_dump(select_cfg, sort_keys=False))
     return score_path, select_path
+
+
+def write_report_config(out: Path) -> Path:
+    """The demo's report YAML (``clipsift report --config <out>/report.yaml`` writes the page again)."""
+    cfg = {
+        "scores": {"path": str(out / "scores")},
+        "output": str(out / "report.html"),
+        "samples": {"per_group": 6, "seed": 0},
+        "spark": {"app_name": "clipsift-demo", "conf": SPARK_CONF, "local_catalog": str(out / "catalog")},
+    }
+    path = out / "report.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
 
 
 def summarize(spark: SparkSession, out: Path, run_id: str) -> str:
@@ -141,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         " duplicates: the CLIP-powered selection's diversity term demotes them):\n"
     )
     print(summarize(spark, out, result.run_id))
+    report_path = write_report_config(out)
+    page = report.run(spark, load(ReportConfig, report_path))
+    print(f"\nclipsift demo: the report of this run (open it in a browser): {page.output}")
     print(f"\nclipsift demo: done in {time.time() - t0:.1f}s. Configs: {score_path}, {select_path}")
     jars = os.environ.get(JARS_ENV)
     command = f"{JARS_ENV}={jars} " if jars else ""  # where make setup put Delta's jars, as this run found them

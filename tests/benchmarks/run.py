@@ -24,6 +24,8 @@ Benchmarks (``--only`` names):
                   chunks, rows/s and the driver's peak RSS
   torch_kernels   negCLIPLoss and NormSim∞ on torch (CPU) against the numpy kernels, side by side: GFLOP/s,
                   rows/s, and the max abs difference at fp32 (and tf32/bf16, emulated)
+  report_memory   clipsift report on generated score runs of 100k and 1M rows (quick: 10k, 100k): seconds and
+                  the driver's peak RSS increase (bounded: it does not grow with the pool)
 
 The GPU counterparts (no Spark): of embed_cpu, ``python -m tests.benchmarks.bench_embed_gpu --out DIR``; of
 torch_kernels (B = 32,768; NormSim∞ against 1M rows), ``python -m tests.benchmarks.bench_kernels_torch --out DIR``.
@@ -46,7 +48,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import bench_adapters, bench_dedup, bench_embed, bench_kernels_torch, bench_negclip, bench_normsim, bench_spark
+from . import (
+    bench_adapters,
+    bench_dedup,
+    bench_embed,
+    bench_kernels_torch,
+    bench_negclip,
+    bench_normsim,
+    bench_report,
+    bench_spark,
+)
 from .common import (
     FULL,
     QUICK,
@@ -65,8 +76,12 @@ EMBED_BENCHMARKS = ("embed_cpu", "embed_job")
 BASELINE_BENCHMARKS = ("dedup_kernels",)
 CLIPSELECT_BENCHMARKS = ("adapter_stream",)
 TORCH_BENCHMARKS = ("torch_kernels",)
+REPORT_BENCHMARKS = ("report_memory",)
 BENCHMARKS = SCORE_BENCHMARKS + EMBED_BENCHMARKS + BASELINE_BENCHMARKS + CLIPSELECT_BENCHMARKS + TORCH_BENCHMARKS
-_SPARK_BENCHMARKS = frozenset({"negclip_spark", "normsim_spark", "embed_cpu", "embed_job", "adapter_stream"})
+BENCHMARKS += REPORT_BENCHMARKS
+_SPARK_BENCHMARKS = frozenset(
+    {"negclip_spark", "normsim_spark", "embed_cpu", "embed_job", "adapter_stream", "report_memory"}
+)
 
 
 def pool_flops(sizes: Sizes) -> float:
@@ -163,6 +178,10 @@ def _measure(
                 if "adapter_stream" in selected:
                     rep.extend(bench_adapters.run(session, quick=sizes.name != "full"))
                     rep.ratios += bench_adapters.ratios(rep)
+                if "report_memory" in selected:
+                    rows = bench_report.FULL_ROWS if sizes.name == "full" else bench_report.QUICK_ROWS
+                    rep.extend(bench_report.run(session, workdir / "report", rows, monitor))
+                    rep.ratios += bench_report.ratios(rep, rows)
                 # The job first: it builds its model in fresh workers (embed_cpu's last layout leaves
                 # 2 torch threads set in them, which a cached 1-thread model would then run with).
                 if "embed_job" in selected:
