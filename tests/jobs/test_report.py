@@ -152,8 +152,10 @@ def demo_report(
         from_dict(SelectConfig, {"scores": {"path": scores}, "run_id": scored.result.run_id, "view_prefix": "rp_",
                                  "selections": DEMO_SELECTIONS}),
     )  # fmt: skip
+    # The shared run has other tests' selections too (test_select_job's): the report names its own.
     data = {"scores": {"path": scores}, "run_id": scored.result.run_id, "output": str(out / "report.html"),
-            "bins": 25, "samples": {"per_group": 4, "seed": 7}}  # fmt: skip
+            "bins": 25, "samples": {"per_group": 4, "seed": 7},
+            "selections": [s["name"] for s in DEMO_SELECTIONS]}  # fmt: skip
     result = report_job.run(spark, from_dict(ReportConfig, data))
     page = _open(browser, Path(result.output), _artifacts(out) / "report-demo.png")
     views = {s["name"]: {r["uid"] for r in spark.table(f"rp_{s['name']}").select("uid").collect()}
