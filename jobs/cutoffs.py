@@ -8,6 +8,7 @@ is typed (a float and a uid), so it can be written into SQL exactly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, Window
@@ -180,14 +181,22 @@ class RankPlan:
 
 
 def rank_plan(df: DataFrame, column: str, buckets: int, accuracy: int = 10_000) -> RankPlan:
-    """Two aggregates over ``df``'s rows (``column`` not null): ``percentile_approx`` bounds that split them into
-    about ``buckets`` equal buckets, then the rows per bucket."""
-    scores = df.where(F.col(column).isNotNull())
+    """The :class:`RankPlan` of one column (:func:`rank_plans`)."""
+    return rank_plans(df, [column], buckets, accuracy)[0]
+
+
+def rank_plans(df: DataFrame, columns: Sequence[str], buckets: int, accuracy: int = 10_000) -> list[RankPlan]:
+    """One aggregate over ``df`` for every column's ``percentile_approx`` bounds (nulls ignored) that split its
+    rows into about ``buckets`` equal buckets, then one count of the rows per bucket for each column."""
     quantiles = [i / buckets for i in range(1, buckets)]
-    bounds: list[float] = []
+    found: list[list[float]] = [[] for _ in columns]
     if quantiles:
-        got = scores.agg(F.percentile_approx(column, quantiles, accuracy)).first()
-        bounds = sorted({float(b) for b in (got[0] or [])}) if got is not None else []
+        got = df.agg(*(F.percentile_approx(c, quantiles, accuracy) for c in columns)).first()
+        found = [sorted({float(b) for b in (got[i] or [])}) if got is not None else [] for i in range(len(columns))]
+    return [_plan(df.where(F.col(c).isNotNull()), c, bounds) for c, bounds in zip(columns, found, strict=True)]
+
+
+def _plan(scores: DataFrame, column: str, bounds: list[float]) -> RankPlan:
     if bounds:
         counts = {int(r[0]): int(r[1]) for r in scores.groupBy(_bucket(F.col(column), bounds)).count().collect()}
     else:  # one bucket (a constant would be read as a GROUP BY position)

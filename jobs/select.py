@@ -29,7 +29,7 @@ from clipsift.jobs.cutoffs import (
     clipselect_criterion,
     keep_condition,
     keep_sql,
-    rank_plan,
+    rank_plans,
     sql_double,
     top_n_cutoff,
     with_ordinal_rank,
@@ -355,7 +355,7 @@ def _sum_of_ranks(sel: SelectionConfig, population: _Population, ranks: TableRef
     spark = population.df.sparkSession
     rows = population.df.where(reduce(operator.and_, (F.col(c).isNotNull() for c in sel.columns)))
     buckets = int(str(spark.conf.get("spark.sql.shuffle.partitions")))
-    plans = [rank_plan(rows, c, buckets) for c in sel.columns]
+    plans = rank_plans(rows, sel.columns, buckets)
     ranked = rows.select("uid", *sel.columns)
     for i, plan in enumerate(plans):
         ranked = with_ordinal_rank(ranked, plan, f"_rank{i}")
