@@ -11,11 +11,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import metadata
+from pathlib import Path
 from typing import TypeVar
 
 import pandas  # noqa: F401  # imported up front: pyspark imports it lazily, and a late first import failed mid-run
 from pyspark.sql import SparkSession
 
+import clipsift
 from clipsift.jobs.config import ConfigError, JobConfig, from_argv
 
 C = TypeVar("C", bound=JobConfig)
@@ -36,6 +38,9 @@ JARS_ENV = "CLIPSIFT_JARS"
 #: Tasks Delta uses to read a table's log in a session built here (Delta's default, 50, makes every query on a
 #: small table launch 50 tasks). A cluster's or the caller's own setting wins.
 LOCAL_SNAPSHOT_PARTITIONS = max(2, os.cpu_count() or 2)
+
+#: The driver's log profile in a session clipsift builds itself: Spark's at WARN, less the start-up notices.
+LOG_PROFILE = Path(clipsift.__file__).with_name("log4j2.properties")
 
 #: Spark's default shuffle partitions: a session still at this value has not chosen, and a job sizes it to its input.
 SPARK_DEFAULT_SHUFFLE_PARTITIONS = "200"
@@ -71,11 +76,14 @@ def get_spark(
     if active is not None:
         return active
     settings = dict(DELTA_CONF)
-    if os.environ.get(VERBOSE_ENV) != "1":
+    quiet = os.environ.get(VERBOSE_ENV) != "1"
+    if quiet:
         settings["spark.log.level"] = "WARN"  # Spark's INFO log is thousands of lines; `clipsift --verbose` keeps it
     settings.update(_delta_jars())
     settings.update(conf or {})
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit or a shell started the JVM: its conf decides
+    if quiet and not submitted:
+        settings.update(_log_profile(settings.get("spark.driver.extraJavaOptions")))
     if not submitted and "--master" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
         # Plain local[*] tries a task once; a task that fails on purpose (a broken model, a shard read error) is
         # then never retried locally. On a cluster, spark.task.maxFailures (4) does this.
@@ -122,6 +130,19 @@ def local_catalog_conf(folder: str, java_options: str | None = None) -> dict[str
         "spark.hadoop.javax.jdo.option.ConnectionURL": f"jdbc:derby:;databaseName={root}/metastore_db;create=true",
         "spark.driver.extraJavaOptions": f"{java_options} {derby}" if java_options else derby,
     }
+
+
+def _log_profile(java_options: str | None) -> dict[str, str]:
+    """The driver's JVM options with :data:`LOG_PROFILE` as its log profile, unless the options name one already.
+
+    Only for a driver JVM that clipsift starts itself (Python's ``SparkSession.builder``); under spark-submit, a
+    shell or a cluster the JVM is running already and its own profile stays.
+    """
+    options = java_options or ""
+    if "log4j2.configurationFile" in options or not LOG_PROFILE.is_file():
+        return {}
+    profile = f"-Dlog4j2.configurationFile={LOG_PROFILE.as_uri()}"
+    return {"spark.driver.extraJavaOptions": f"{options} {profile}".strip()}
 
 
 def _delta_jars() -> dict[str, str]:

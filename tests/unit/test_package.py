@@ -33,7 +33,8 @@ def test_the_wheel_installs_clipsift_jobs_and_udfs_and_no_top_level_jobs(wheel: 
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert tops == {"clipsift"}
-    for module in ("clipsift/__init__.py", "clipsift/__main__.py", "clipsift/py.typed", "clipsift/jobs/score.py",
+    for module in ("clipsift/__init__.py", "clipsift/__main__.py", "clipsift/py.typed", "clipsift/log4j2.properties",
+                   "clipsift/jobs/score.py",
                    "clipsift/udfs/kernels/negclip.py", "clipsift/udfs/embed.py"):  # fmt: skip
         assert module in names
     for top in ("jobs", "udfs"):  # every module of the checkout is in the wheel (a new subpackage needs listing)
