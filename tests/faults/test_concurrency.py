@@ -15,6 +15,8 @@ from pyspark.sql import SparkSession
 from clipsift.jobs.demo.synth import SynthSpec, generate_pool
 from tests.faults.conftest import SPARK, clipsift, finish
 
+#: The runs this module starts at once, each in its own process (README's fault figures).
+AT_ONCE = ("score: three runs into one new table (run ids a, b, a)", "select: two runs on one score table")
 SPEC = SynthSpec(n_rows=600, n_shards=2, dim=16, n_concepts=6, seed=13)
 
 

@@ -23,6 +23,10 @@ from tests.faults.conftest import SPARK, clipsift, finish
 
 SPEC = SynthSpec(n_rows=500, n_shards=2, dim=16, n_concepts=6, seed=17)
 KILLED = -signal.SIGKILL
+#: The failpoints of ``jobs/score.py`` and ``jobs/select.py`` this module kills the driver at (README's fault figures).
+SCORE_POINTS = ("score:before-write", "score:committed")
+SELECT_POINT = "select:view-created"
+KILL_POINTS = (*SCORE_POINTS, SELECT_POINT)
 
 
 def _score_data(pool: Path, output: Path) -> dict[str, Any]:
@@ -60,7 +64,7 @@ def killed(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dic
     pool = folder / "pool"
     generate_pool(pool, SPEC)
     reference = score(spark, from_dict(ScoreConfig, _score_data(pool, folder / "reference")))
-    points = ("score:before-write", "score:committed")
+    points = SCORE_POINTS
     configs = {p: _write(folder / f"{p.replace(':', '_')}.yaml", _score_data(pool, folder / p.replace(":", "_")))
                for p in points}  # fmt: skip
     started = {p: _start("score", configs[p], folder, p) for p in points}  # at once: two processes, two cores
@@ -121,7 +125,7 @@ def test_a_select_killed_after_its_first_view_reruns_whole(spark: SparkSession, 
         ],
     }  # fmt: skip
     config = _write(folder / "select.yaml", data)
-    code, _out, err = finish(_start("select", config, folder, "select:view-created"))
+    code, _out, err = finish(_start("select", config, folder, SELECT_POINT))
     assert code == KILLED, err[-2000:]
     assert not (folder / "reference_selections" / "_delta_log").is_dir()  # nothing recorded for a partial select
     code, _out, err = finish(_start("select", config, folder, None))

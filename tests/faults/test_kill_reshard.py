@@ -1,6 +1,7 @@
-"""kill -9 of ``clipsift reshard`` (a separate process, its own Spark) after its first manifest commit, with a
-half-written file left beside the shards; the same config run again finishes the shards the manifest lacks, and the
-folder then holds the same bytes as an unbroken run's: every selected sample once, no shard written twice."""
+"""kill -9 of ``clipsift reshard`` (a separate process, its own Spark) after its first commit's shard files are
+written but before the manifest lists them, and after that manifest commit, with a half-written file left beside the
+shards; the same config run again finishes the shards the manifest lacks, and the folder then holds the same bytes
+as an unbroken run's: every selected sample once, no shard written twice."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from tests.support.corpus import tuxpaint_stamps
 
 KILLED = -signal.SIGKILL
 PER_TAR = 8
+#: The failpoints of ``jobs/reshard.py`` this module kills ``clipsift reshard`` at (README's fault figures).
+KILL_POINTS = ("reshard:shards-written", "reshard:committed")
 
 
 def _selection(spark: SparkSession, folder: Path, uids: list[str]) -> Path:
@@ -51,8 +54,9 @@ def _data(folder: Path, scores: Path, out: Path) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize("point", KILL_POINTS)
 def test_a_killed_reshard_reruns_to_the_unbroken_runs_bytes(
-    spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
+    spark: SparkSession, tmp_path_factory: pytest.TempPathFactory, point: str
 ) -> None:
     folder = tmp_path_factory.mktemp("kill-reshard")
     stamps = tuxpaint_stamps(limit=3 * PER_TAR)
@@ -70,7 +74,7 @@ def test_a_killed_reshard_reruns_to_the_unbroken_runs_bytes(
 
     config = folder / "reshard.yaml"
     config.write_text(json.dumps(_data(folder, scores, folder / "killed")))
-    os.environ[FAILPOINT_ENV] = "reshard:committed"
+    os.environ[FAILPOINT_ENV] = point
     try:
         proc = clipsift(["reshard", "--config", str(config)], folder)
     finally:
@@ -78,12 +82,18 @@ def test_a_killed_reshard_reruns_to_the_unbroken_runs_bytes(
     code, _out, err = finish(proc)
     assert code == KILLED, err[-3000:]
     killed = folder / "killed"
-    manifest = spark.read.format("delta").load(f"{killed}_manifest").toPandas()
-    assert sorted(manifest["shard"]) == [0, 1]  # the first commit, whole; nothing after it
+    if point == "reshard:committed":
+        manifest = spark.read.format("delta").load(f"{killed}_manifest").toPandas()
+        assert sorted(manifest["shard"]) == [0, 1]  # the first commit, whole; nothing after it
+    else:  # the first commit's files are on disk, listed nowhere
+        listed_before = spark.read.format("delta").load(f"{killed}_manifest").count() if (
+            Path(f"{killed}_manifest") / "_delta_log").is_dir() else 0  # fmt: skip
+        assert listed_before == 0 and sorted(p.name for p in killed.glob("*.tar")) == ["00000.tar", "00001.tar"]
     (killed / "00002.tar.tmp-0123456789ab").write_bytes(b"half a shard")  # as a kill during a write leaves it
 
     rerun = reshard(spark, from_dict(ReshardConfig, _data(folder, scores, killed)))
-    assert (rerun.shards_kept, rerun.shards_written) == (2, n_shards - 2)
+    kept = 2 if point == "reshard:committed" else 0
+    assert (rerun.shards_kept, rerun.shards_written) == (kept, n_shards - kept)
     assert rerun.written == len(uids) and rerun.missing == 0
 
     unbroken = reshard(spark, from_dict(ReshardConfig, _data(folder, scores, folder / "unbroken")))
