@@ -125,9 +125,7 @@ def _score_data(pool: Path, output: Path, master: str | None) -> dict[str, Any]:
     }
 
 
-def test_executor_and_python_worker_losses_change_nothing(
-    spark: SparkSession, cluster: str, tmp_path: Path
-) -> None:
+def test_executor_and_python_worker_losses_change_nothing(spark: SparkSession, cluster: str, tmp_path: Path) -> None:
     pool = tmp_path / "pool"
     generate_pool(pool, SPEC)
     reference = score(spark, from_dict(ScoreConfig, _score_data(pool, tmp_path / "reference", None)))
