@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PYTHON))
 export CLIPSIFT_JARS := $(abspath $(JARS))
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup test-data demo test bench lint dist clean
+.PHONY: setup test-data demo test bench bench-data bench-emoji lint dist clean
 
 # Debian packages of real test data: tuxpaint stamps with captions, scikit-image's photos, Fashion-MNIST,
 # WordNet 3.0 (the text-based filter); and headless Chromium with its driver, which open clipsift report's pages.
@@ -51,6 +51,19 @@ test: setup
 
 bench: setup
 	$(PYTHON) -m tests.benchmarks.run --out bench-output
+
+# The emoji benchmark's data (docs/eval-emoji.md): npm tarballs into .cache/emoji; EmojiOne PNGs and Noto from Debian.
+EMOJI_PACKAGES := ruby-gemojione fonts-noto-color-emoji
+bench-data: setup
+	@test -d /usr/share/rubygems-integration/all/gems/gemojione-3.3.0/assets/png || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y -q --no-install-recommends $(EMOJI_PACKAGES) >/dev/null \
+	  || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q --no-install-recommends $(EMOJI_PACKAGES) >/dev/null; }; }
+	$(PYTHON) -m tests.benchmarks.bench_eval_emoji --fetch-only --cache .cache/emoji
+
+# The emoji benchmark end to end (about 20 minutes on 2 cores): embed, score, select, eval.
+bench-emoji: bench-data
+	$(PYTHON) -m tests.benchmarks.bench_eval_emoji --cache .cache/emoji --out bench-output/emoji
 
 # dist/clipsift.zip: the package for executors (spark-submit --py-files; PySpark puts .zip files on their path).
 dist: setup

@@ -8,6 +8,8 @@ Writes: ``<scores>_eval`` (or ``output``): one row per arm and seed (selection, 
 Arms: every named selection, a seeded random subset of the pool of the same size for each, and the whole pool.
 Every arm trains a student from scratch for the same ``steps x batch_size`` samples seen, cycling epochs over an
 arm smaller than that, and taking a seeded sample of one larger than that (only those rows' images are read).
+Arms that train on the same rows (random arms of equal size; the pool and random arms larger than the budget)
+share their students: each set of rows is trained once per seed and its rows are repeated under each arm's name.
 
 Data path: Spark finds each arm's uids (views, the pool's keys, seeded ``xxhash64`` orders), joins the union of
 the rows the arms need to the pool once, and decodes and resizes their images to the student's size on the
@@ -142,10 +144,19 @@ def run(spark: SparkSession, cfg: EvalConfig) -> EvalResult:
     config_json = json.dumps(to_dict(cfg), sort_keys=True)
 
     rows: list[dict[str, Any]] = []
+    trained: dict[tuple[tuple[str, ...], int], dict[str, Any]] = {}
     for arm in arms:
         index = [usable[u] for u in arm.uids if u in usable]
         if len(index) < 2:
             raise ConfigError("selections", f"arm '{arm.name}' has {len(index)} decodable pairs; need at least 2")
+        if all((arm.uids, seed) in trained for seed in cfg.train.seeds):
+            # The same rows as an earlier arm (random arms of equal size; the pool and random arms larger than
+            # the budget): the same student per seed, so its rows are reused rather than trained again.
+            for seed in cfg.train.seeds:
+                same = trained[(arm.uids, seed)]
+                rows.append({**same, "arm": arm.name, "kind": arm.kind, "selection": arm.selection,
+                             "view": arm.view, "size": arm.size})  # fmt: skip
+            continue
         arm_pixels = pixels_array([decoded["pixels"][i] for i in index], size)
         arm_texts = [texts[i] for i in index]
         for seed in cfg.train.seeds:
@@ -169,6 +180,7 @@ def run(spark: SparkSession, cfg: EvalConfig) -> EvalResult:
                     "config": config_json, "created_at": started_at,
                 }
             )  # fmt: skip
+            trained[(arm.uids, seed)] = rows[-1]
 
     out = cfg.output if cfg.output is not None else io.sibling(cfg.scores, "eval")
     with progress.step(f"write {out.label}") as counts:

@@ -139,6 +139,36 @@ def test_eval_reads_an_image_table_pool(spark: SparkSession, world: dict[str, An
     assert {r["run_id"] for r in rows} == {result.run_id}
 
 
+def test_arms_of_the_same_rows_are_trained_once(
+    spark: SparkSession, world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same view twice: its second selection arm and second random arm reuse the first ones' students; at a
+    budget below the random arm's size the pool arm trains on the same rows as the random arm, and reuses it."""
+    from clipsift.jobs import eval as eval_job
+
+    calls: list[int] = []
+    train = eval_job.train_student
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(args[1]))
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(eval_job, "train_student", counted)
+    root = world["root"]
+    selections = [{"name": "shoes"}, {"name": "shoes_again", "view": "eval_sel_shoes"}]
+    cfg = from_dict(EvalConfig, _config(root, selections=selections, output={"path": str(root / "same_eval")}))
+    result = run(spark, replace_steps(cfg, 2))  # a budget of 32 rows, below the shoes' size (about 60)
+    rows = {r["arm"]: r for r in result.rows}
+    assert set(rows) == {"shoes", "random_shoes", "shoes_again", "random_shoes_again", "pool"}
+    assert len(calls) == 2  # shoes and random_shoes; the others are the same rows
+    for arm, same in (("shoes_again", "shoes"), ("random_shoes_again", "random_shoes"), ("pool", "random_shoes")):
+        assert [rows[arm][m] for m in METRICS] == [rows[same][m] for m in METRICS], arm
+        assert rows[arm]["samples_seen"] == rows[same]["samples_seen"] == 2 * BATCH
+    assert rows["shoes_again"]["view"] == "eval_sel_shoes" and rows["shoes_again"]["kind"] == "selection"
+    assert rows["pool"]["kind"] == "pool" and rows["pool"]["size"] == N_POOL - HOLDOUT
+    assert rows["random_shoes_again"]["size"] == rows["shoes_again"]["size"] == rows["shoes"]["size"]
+
+
 def test_a_missing_view_is_one_config_error(spark: SparkSession, world: dict[str, Any]) -> None:
     cfg = from_dict(EvalConfig, _config(world["root"], selections=[{"name": "nothing_here"}]))
     with pytest.raises(ConfigError, match=r"selections\[0\].*eval_sel_nothing_here.*run clipsift select first"):
